@@ -1,0 +1,318 @@
+"""``EfficientDetectionCheckpointer``: a drop-in replacement for ``DetectionCheckpointer``.
+
+Differences from the stock class, all on by default and all configurable:
+    * lazy reads: torch zip files are memory-mapped, safetensors read key by key;
+    * safe reads: pickles are limited to tensors, numpy arrays and containers;
+    * selective keys (INCLUDE/EXCLUDE/RENAME) and selective checkpointables;
+    * device-mapped restore: tensors go straight into the model's parameters on their device,
+      optimizer state onto its parameter's device, with no full host copy.
+"""
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import parse_qs, urlparse
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.utils import comm
+from fvcore.common.checkpoint import _IncompatibleKeys
+
+from .build import CHECKPOINTER_REGISTRY
+from .errors import CheckpointFormatError
+from .readers import open_checkpoint
+from .report import LoadReport
+from .restore import (
+    as_tensor,
+    copy_into_model,
+    dtype_of,
+    materialize,
+    resolve_map_location,
+    shape_of,
+)
+from .selection import TRAINER_PARTS, KeySelector, LoadOptions, select_trainer_state
+
+__all__ = ["EfficientDetectionCheckpointer"]
+
+_MODULE_PREFIX = "module."
+
+
+@CHECKPOINTER_REGISTRY.register()
+class EfficientDetectionCheckpointer(DetectionCheckpointer):
+    """A :class:`DetectionCheckpointer` that loads lazily, safely and selectively.
+
+    It has the stock constructor and methods; ``load`` and ``resume_or_load`` also take
+    keyword options that override ``cfg.CHECKPOINT.LOAD``. After each load,
+    ``last_report`` holds a :class:`LoadReport`.
+
+    Args:
+        model: the model; a DDP wrapper is unwrapped as in the stock class.
+        save_dir: where ``save`` writes and ``last_checkpoint`` lives.
+        save_to_disk: defaults to "main process only".
+        cfg: optional config; ``cfg.CHECKPOINT.LOAD`` gives the default load options.
+        **checkpointables: objects with ``state_dict``/``load_state_dict``.
+    """
+
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        cfg=None,
+        **checkpointables: Any,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.cfg = cfg
+        self.load_options = LoadOptions.from_cfg(cfg)
+        self.last_report: Optional[LoadReport] = None
+        self._options = self.load_options
+
+    @classmethod
+    def from_config(cls, cfg, model, save_dir: str = "", **checkpointables: Any):
+        """Build from a config (used by ``build_checkpointer``)."""
+        return cls(model, save_dir, cfg=cfg, **checkpointables)
+
+    # ------------------------------------------------------------------ loading
+    def resume_or_load(self, path: str, *, resume: bool = True, **options: Any) -> Dict[str, Any]:
+        """As the stock method; ``options`` are the keyword options of :meth:`load`.
+
+        Resuming from this run's own ``last_checkpoint`` restores every model key unless
+        ``CHECKPOINT.LOAD.SELECT_ON_RESUME`` is set or keys are selected in ``options``:
+        INCLUDE/EXCLUDE/RENAME in a config describe how to take ``MODEL.WEIGHTS`` into
+        this model, and a checkpoint of this model needs none of it.
+        """
+        if resume and self.has_checkpoint():
+            if not self.load_options.select_on_resume:
+                for key in ("include", "exclude", "rename"):
+                    options.setdefault(key, ())
+            return self.load(self.get_checkpoint_file(), **options)
+        return self.load(path, checkpointables=[], **options)
+
+    def load(
+        self,
+        path: str,
+        checkpointables: Optional[List[str]] = None,
+        *,
+        include: Optional[Sequence[str]] = None,
+        exclude: Optional[Sequence[str]] = None,
+        rename: Optional[Sequence[Sequence[str]]] = None,
+        mmap: Optional[bool] = None,
+        weights_only: Optional[bool] = None,
+        map_location: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Load a checkpoint into the model and (some of) the checkpointables.
+
+        Args:
+            path: file path or URL; ``?matching_heuristics=True`` may follow. Empty loads
+                nothing.
+            checkpointables: names of checkpointables to restore; ``None`` means those in
+                ``CHECKPOINT.LOAD.CHECKPOINTABLES``. For the ``trainer`` entry the names
+                ``optimizer``, ``scheduler``, ``iteration``, ``hooks`` and ``scaler`` select
+                its parts.
+            include, exclude, rename, mmap, weights_only, map_location: override
+                ``CHECKPOINT.LOAD`` for this call.
+
+        Returns:
+            The checkpoint entries that were not consumed, as the stock class does.
+
+        Raises:
+            CheckpointFormatError: missing, truncated or unknown file; no model entry.
+            UnsafeCheckpointError: the file needs pickle globals outside the allowlist.
+            PartialLoadError: the copy into the model failed midway.
+        """
+        self._options = self.load_options.override(
+            include=include,
+            exclude=exclude,
+            rename=rename,
+            mmap=mmap,
+            weights_only=weights_only,
+            map_location=map_location,
+        )
+        wanted = list(self._options.checkpointables if checkpointables is None else checkpointables)
+        try:
+            return self._load(path, wanted)
+        finally:
+            self._parsed_url_during_load = None
+            self._options = self.load_options
+
+    def _load(self, path: str, wanted: List[str]) -> Dict[str, Any]:
+        logger = self.logger
+        if not path:
+            logger.info("No checkpoint found. Initializing model from scratch")
+            self.last_report = None
+            return {}
+        logger.info(f"[EfficientDetectionCheckpointer] Loading from {path} ...")
+        parsed = urlparse(path)
+        self._parsed_url_during_load = parsed
+        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
+        if comm.get_world_size() > 1:
+            self._check_all_ranks_have(local)
+        checkpoint = self._load_file(local)
+        self.last_report = LoadReport(path=local, format=checkpoint.pop("__format__", ""))
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        self._load_checkpointables(checkpoint, wanted, local)
+        return checkpoint
+
+    def _check_all_ranks_have(self, path: str) -> None:
+        # Every rank reads the file itself (each to its own device), so all must see it.
+        everyone = comm.all_gather(os.path.isfile(path))
+        if not all(everyone):
+            lacking = [rank for rank, has in enumerate(everyone) if not has]
+            raise CheckpointFormatError(
+                path,
+                f"ranks {lacking} cannot read the file.",
+                "Put checkpoints on storage that every machine mounts at the same path.",
+            )
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        opts = self._options
+        opened = open_checkpoint(filename, mmap=opts.mmap, weights_only=opts.weights_only)
+        data = opened.data
+        if not isinstance(data, dict):
+            raise CheckpointFormatError(filename, f"it holds a {type(data).__name__}, not a dict.")
+        if "model" not in data:
+            if data and all(isinstance(v, torch.Tensor) for v in data.values()):
+                data = {"model": data}  # a bare state dict, as the stock class accepts
+            else:
+                raise CheckpointFormatError(
+                    filename,
+                    f"it has no 'model' entry and is not a state dict (entries: "
+                    f"{', '.join(map(str, list(data)[:10]))}).",
+                    "Pass a checkpoint written by a Checkpointer or a model state dict.",
+                )
+        if self._parsed_url_during_load is not None:
+            queries = parse_qs(self._parsed_url_during_load.query)
+            if queries.pop("matching_heuristics", "False") == ["True"]:
+                data["matching_heuristics"] = True
+            if queries:
+                raise ValueError(
+                    f"Unsupported query {queries} in checkpoint path "
+                    f"{self._parsed_url_during_load.geturl()}; "
+                    "only matching_heuristics=True is known."
+                )
+        lazy = "memory-mapped" if opened.lazy else "eager"
+        safe = "weights only" if self._options.weights_only else "UNSAFE pickle allowed"
+        self.logger.info(f"Reading {filename} as {opened.format} ({lazy}, {safe}).")
+        data["__format__"] = opened.format
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
+        opts = self._options
+        report = self.last_report or LoadReport()
+        state = checkpoint.pop("model")
+        metadata = getattr(state, "_metadata", None)
+        if checkpoint.pop("matching_heuristics", False):
+            # Name-matching heuristics need every tensor; zoo files are small and eager.
+            full = {k: as_tensor(v) for k, v in state.items()}
+            state = align_and_update_state_dicts(
+                self.model.state_dict(),
+                full,
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+            )
+        selector = KeySelector(opts.include, opts.exclude, opts.rename)
+        model_sd = self.model.state_dict()
+        strip = all(k.startswith(_MODULE_PREFIX) for k in state) and len(state) > 0
+        # checkpoint key -> model key
+        names: Dict[str, str] = {}
+        for ck in state.keys():
+            key = ck[len(_MODULE_PREFIX) :] if strip else ck
+            key, rules = selector.renamed(key)
+            if rules:
+                report.renamed.append((ck, key, rules))
+            names[ck] = key
+        to_copy: Dict[str, Any] = {}
+        for ck, key in names.items():
+            why = selector.why_skipped(key)
+            if why:
+                report.skipped[key] = why
+                continue
+            if key not in model_sd:
+                report.unexpected.append(key)
+                continue
+            target = model_sd[key]
+            if isinstance(target, torch.nn.parameter.UninitializedParameter):
+                to_copy[key] = as_tensor(state[ck])
+                continue
+            ck_shape = shape_of(state, ck)
+            if ck_shape != tuple(target.shape):
+                report.shape_mismatch.append((key, ck_shape, tuple(target.shape)))
+                continue
+            src_dtype = dtype_of(state, ck)
+            if src_dtype is not None and src_dtype != target.dtype:
+                report.dtype_changed.append((key, str(src_dtype), str(target.dtype)))
+            to_copy[key] = as_tensor(state[ck])
+        for key in model_sd:
+            if key in to_copy or key in report.skipped:
+                continue
+            if key in {m for m, _, _ in report.shape_mismatch}:
+                continue
+            why = selector.why_skipped(key)
+            if why:
+                report.skipped[key] = why
+            else:
+                report.missing.append(key)
+        report.loaded = copy_into_model(self.model, to_copy, metadata)
+        report.num_params_loaded = sum(model_sd[k].numel() for k in report.loaded)
+        report.num_params_model = sum(t.numel() for t in model_sd.values())
+        self._drop_expected_incompatibilities(report)
+        return _IncompatibleKeys(
+            missing_keys=list(report.missing),
+            unexpected_keys=list(report.unexpected),
+            incorrect_shapes=list(report.shape_mismatch),
+        )
+
+    def _drop_expected_incompatibilities(self, report: LoadReport) -> None:
+        # pixel_mean/std come from the config anyway; cell_anchors became non-persistent
+        # buffers, so old checkpoints carry them and new models don't.
+        buffers = dict(self.model.named_buffers(recurse=False))
+        report.missing = [
+            k for k in report.missing if not (k in ("pixel_mean", "pixel_std") and k in buffers)
+        ]
+        report.unexpected = [
+            k for k in report.unexpected if "anchor_generator.cell_anchors" not in k
+        ]
+
+    def _load_checkpointables(
+        self, checkpoint: Dict[str, Any], wanted: List[str], path: str
+    ) -> None:
+        report = self.last_report
+        device = resolve_map_location(self._options.map_location, self.model)
+        report.map_location = str(device)
+        parts = [w for w in wanted if w in TRAINER_PARTS or w == "hooks"]
+        for key, obj in self.checkpointables.items():
+            saved = checkpoint.get(key)
+            if saved is None:
+                report.checkpointables[key] = "absent"
+                continue
+            if key == "trainer" and isinstance(saved, dict) and hasattr(obj, "state_dict"):
+                # The trainer entry bundles optimizer, scheduler, iteration, hooks and scaler.
+                whole = "trainer" in wanted
+                merged, status = select_trainer_state(
+                    saved, obj.state_dict(), ["trainer"] if whole else parts
+                )
+                report.checkpointables.update({f"trainer.{p}": s for p, s in status.items()})
+                if not whole and not any(s == "restored" for s in status.values()):
+                    report.checkpointables[key] = "skipped"
+                    continue
+                restored = [p for p, s in status.items() if s == "restored"]
+                self.logger.info(f"Loading trainer state ({', '.join(restored)}) from {path} ...")
+                checkpoint.pop(key)
+                obj.load_state_dict(materialize(saved if whole else merged, device))
+                report.checkpointables[key] = "restored" if whole else "partial"
+                continue
+            if key not in wanted:
+                report.checkpointables[key] = "skipped"
+                continue
+            self.logger.info(f"Loading {key} from {path} ...")
+            obj.load_state_dict(materialize(checkpoint.pop(key), device))
+            report.checkpointables[key] = "restored"
+
+    @property
+    def restored_iteration(self) -> bool:
+        """Whether the last load restored the trainer's iteration counter."""
+        if self.last_report is None:
+            return False
+        return self.last_report.checkpointables.get("trainer.iteration") == "restored"

@@ -1,0 +1,40 @@
+"""Errors raised while reading or restoring checkpoints.
+
+Each message names the file and says what to do, so that no user has to read a traceback
+from inside torch or pickle to understand what went wrong.
+"""
+
+from typing import Iterable
+
+__all__ = ["CheckpointError", "CheckpointFormatError", "UnsafeCheckpointError"]
+
+
+class CheckpointError(RuntimeError):
+    """Base class for checkpoint problems this package explains."""
+
+
+class CheckpointFormatError(CheckpointError, ValueError):
+    """The file is missing, truncated, of an unknown format, or lacks a model entry."""
+
+    def __init__(self, path: str, problem: str, fix: str = ""):
+        self.path = path
+        msg = f"Cannot load checkpoint '{path}': {problem}"
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs pickle globals outside the allowlist, i.e. it could run code."""
+
+    def __init__(self, path: str, globals_needed: Iterable[str]):
+        self.path = path
+        self.globals_needed = sorted(set(globals_needed))
+        names = ", ".join(self.globals_needed) or "(unknown)"
+        super().__init__(
+            f"Refusing to load checkpoint '{path}': it needs the pickle global(s) {names}, "
+            "which are not plain tensors, numpy arrays or containers and could run arbitrary "
+            "code. If you trust this file, opt in with CHECKPOINT.LOAD.WEIGHTS_ONLY False in the "
+            "config (or weights_only=False in load()/resume_or_load()), or convert it once to a "
+            "pickle-free .safetensors file."
+        )

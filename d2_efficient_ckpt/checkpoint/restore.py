@@ -1,0 +1,147 @@
+"""Copy checkpoint tensors into a live model and its training state.
+
+Tensors come from a memory-mapped (or otherwise lazy) checkpoint and are copied once, straight
+into the model's existing parameters and buffers on their own device. No host copy of the
+checkpoint is ever built.
+"""
+
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["model_device", "resolve_map_location", "materialize", "PartialLoadError"]
+
+
+class PartialLoadError(RuntimeError):
+    """Copying stopped after some tensors had been written into the model."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_map_location(map_location: str, model: nn.Module) -> torch.device:
+    """Turn ``CHECKPOINT.LOAD.MAP_LOCATION`` into a device for this process.
+
+    ``""`` is the model's own device. ``"cuda"`` is this process's current CUDA device.
+    Under multi-process training, an explicit ``"cuda:N"`` is replaced by this rank's
+    current device, so that ranks never all land on the same GPU.
+
+    Raises:
+        ValueError: for a string that is not "", "cpu", "cuda" or "cuda:N".
+    """
+    loc = (map_location or "").strip()
+    if not loc:
+        return model_device(model)
+    try:
+        dev = torch.device(loc)
+    except RuntimeError:
+        raise ValueError(
+            f"CHECKPOINT.LOAD.MAP_LOCATION '{map_location}' is not a device; use '', 'cpu' or "
+            "'cuda:N'."
+        ) from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"CHECKPOINT.LOAD.MAP_LOCATION is '{map_location}' but CUDA is not available here. "
+            "Use '' (the model's device) or 'cpu'."
+        )
+    from detectron2.utils import comm
+
+    if dev.index is None or comm.get_world_size() > 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def materialize(obj: Any, device: torch.device) -> Any:
+    """Copy every tensor in a nested structure into fresh memory on ``device``.
+
+    0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
+    The copy is the one write each tensor needs anyway, so nothing stays backed by the file.
+    """
+    if isinstance(obj, torch.Tensor):
+        dev = torch.device("cpu") if obj.dim() == 0 else device
+        out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
+        out.copy_(obj)
+        return out
+    if isinstance(obj, dict):
+        return (
+            type(obj)((k, materialize(v, device)) for k, v in obj.items())
+            if type(obj) is not dict
+            else {k: materialize(v, device) for k, v in obj.items()}
+        )
+    if isinstance(obj, list):
+        return [materialize(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(materialize(v, device) for v in obj)
+    return obj
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """A tensor view of a checkpoint value (numpy arrays from zoo pickles included)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise TypeError(f"Unsupported type {type(value).__name__} in checkpoint")
+
+
+def shape_of(state: Mapping, key: str) -> Tuple[int, ...]:
+    """Shape of ``state[key]`` without reading its data where the mapping allows it."""
+    if hasattr(state, "shape") and callable(state.shape):
+        return tuple(state.shape(key))
+    return tuple(state[key].shape)
+
+
+def dtype_of(state: Mapping, key: str) -> Optional[torch.dtype]:
+    """dtype of ``state[key]`` without reading its data where the mapping allows it."""
+    if hasattr(state, "dtype") and callable(state.dtype):
+        return state.dtype(key)
+    v = state[key]
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(v.reshape(-1)[:0]).dtype
+    return getattr(v, "dtype", None)
+
+
+def copy_into_model(model: nn.Module, tensors: Dict[str, Any], metadata: Any) -> List[str]:
+    """``model.load_state_dict(tensors, strict=False)`` with an explicit partial-load error.
+
+    ``load_state_dict`` copies each tensor into the existing parameter on its own device,
+    so tensors read from a mapped file go to their destination with one copy. Modules with
+    their own ``_load_from_state_dict`` (FrozenBatchNorm, quantization observers) keep it.
+
+    Returns:
+        The keys that were written.
+
+    Raises:
+        PartialLoadError: if copying failed after some tensors were written.
+    """
+    if metadata is not None:
+        tensors = _with_metadata(tensors, metadata)
+    try:
+        with torch.no_grad():
+            model.load_state_dict(tensors, strict=False)
+    except Exception as e:
+        raise PartialLoadError(
+            f"Copying weights into the model failed ({type(e).__name__}: {e}). Some of the "
+            f"{len(tensors)} tensors may already have been written, so the model is partly "
+            "loaded: rebuild it or load a good checkpoint before using it."
+        ) from e
+    return list(tensors.keys())
+
+
+def _with_metadata(tensors: Dict[str, Any], metadata: Any):
+    from collections import OrderedDict
+
+    out = OrderedDict(tensors)
+    out._metadata = metadata  # module versions, read by _load_from_state_dict
+    return out

@@ -1,0 +1,62 @@
+"""Config keys owned by d2_efficient_ckpt.
+
+All keys live in :func:`add_efficient_ckpt_config`; nothing here touches detectron2's global
+default config, so a ``get_cfg()`` made elsewhere in the same process stays stock.
+"""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_efficient_ckpt_config"]
+
+
+def add_efficient_ckpt_config(cfg: CN) -> CN:
+    """Add every key of the plugin, with its default, to ``cfg`` in place.
+
+    Calling it twice is harmless: keys that already exist keep their values.
+
+    Args:
+        cfg: a detectron2 config, usually from ``detectron2.config.get_cfg()``.
+
+    Returns:
+        The same ``cfg``, for chaining.
+    """
+    _c = cfg
+    if "CHECKPOINT" not in _c:
+        _c.CHECKPOINT = CN()
+    ck = _c.CHECKPOINT
+    # Registered name in CHECKPOINTER_REGISTRY of the checkpointer class to build.
+    ck.setdefault("NAME", "EfficientDetectionCheckpointer")
+
+    if "LOAD" not in ck:
+        ck.LOAD = CN()
+    ld = ck.LOAD
+    # Glob patterns over the model's state-dict keys to load; empty means all keys.
+    ld.setdefault("INCLUDE", [])
+    # Glob patterns over the model's state-dict keys never to load (applied after INCLUDE).
+    ld.setdefault("EXCLUDE", [])
+    # Ordered [regex, replacement] pairs applied to checkpoint keys before matching.
+    ld.setdefault("RENAME", [])
+    # Apply INCLUDE/EXCLUDE/RENAME also when resuming this run's own last checkpoint.
+    ld.setdefault("SELECT_ON_RESUME", False)
+    # Non-model entries a resume restores: optimizer, scheduler, iteration, hooks, scaler.
+    ld.setdefault("CHECKPOINTABLES", ["optimizer", "scheduler", "iteration", "hooks", "scaler"])
+    # Memory-map torch zip files so only the storages that are used are read.
+    ld.setdefault("MMAP", True)
+    # Refuse checkpoint files that need arbitrary pickle code; set False only for trusted files.
+    ld.setdefault("WEIGHTS_ONLY", True)
+    # Where tensors land: "" for each parameter's own device, "cpu" or "cuda:N".
+    ld.setdefault("MAP_LOCATION", "")
+    # What an incompatible key does to a load: "warn", "error" or "ignore".
+    ld.setdefault("ON_MISMATCH", "warn")
+    # Glob patterns of keys whose incompatibility is tolerated even under ON_MISMATCH "error".
+    ld.setdefault("ALLOW_MISMATCH", [])
+
+    ds = _c.DATASETS
+    if "CUSTOM" not in ds:
+        # One child per dataset name, each with FORMAT, ANN_FILE and IMAGE_ROOT.
+        ds.CUSTOM = CN(new_allowed=True)
+    # Check every declared dataset's files and records before any model is built.
+    ds.setdefault("VALIDATE", True)
+    # Set MODEL.ROI_HEADS.NUM_CLASSES from the training data instead of checking it.
+    ds.setdefault("NUM_CLASSES_FROM_DATA", False)
+    return cfg

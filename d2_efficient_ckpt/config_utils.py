@@ -1,0 +1,111 @@
+"""Config merging whose errors say which file or option is wrong and how to fix it.
+
+yacs reports a yaml value of the wrong type as, e.g., ``Type mismatch (<class 'tuple'> vs.
+<class 'str'>) with values (() vs. toy_train) for config key: DATASETS.TRAIN``, which names
+neither the file nor the fix; :func:`merge_cfg_safely` rewrites such errors.
+"""
+
+import os
+import re
+from typing import Optional, Sequence
+
+from detectron2.config import CfgNode
+
+__all__ = ["merge_cfg_safely"]
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \((?P<old_type>.*?) vs\. (?P<new_type>.*?)\) with values "
+    r"\((?P<old>.*) vs\. (?P<new>.*)\) for config key: (?P<key>\S+)",
+    re.DOTALL,
+)
+_DATASET_LIST_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST")
+# Exception types that take a single message, so they can be re-raised as the same type.
+_REBUILDABLE = (ValueError, KeyError, AssertionError, TypeError, OSError)
+
+
+def _message(e: BaseException) -> str:
+    # str(KeyError("x")) is "'x'"; the argument itself reads better.
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        return str(e.args[0])
+    return str(e)
+
+
+def _dataset_list_fix(key: str, value: str, source: str, from_file: bool) -> str:
+    names = [v.strip().strip("'\"") for v in value.strip("()[] ").split(",")]
+    names = [n for n in names if n]
+    as_tuple = "(" + ", ".join(f'"{n}"' for n in names) + ("," if len(names) == 1 else "") + ")"
+    leaf = key.split(".")[-1]
+    comma = " (the trailing comma makes it a tuple)" if len(names) == 1 else ""
+    if from_file:
+        how = f"write {leaf}: {as_tuple} under DATASETS{comma}"
+    else:
+        cli = "(" + ", ".join(f"'{n}'" for n in names) + ("," if len(names) == 1 else "") + ")"
+        how = f'write {key} "{cli}" on the command line, quoted{comma}'
+    return (
+        f"{key} must be a tuple of dataset names, but in {source} it is the bare string "
+        f"{value!r}. To fix it, {how}."
+    )
+
+
+def _explain(e: Exception, source: str, from_file: bool) -> Exception:
+    """Build the exception to raise instead of ``e``, with ``source`` and a fix added."""
+    msg = _message(e)
+    match = _TYPE_MISMATCH.search(msg) if isinstance(e, ValueError) else None
+    if match and match.group("key") in _DATASET_LIST_KEYS and "str" in match.group("new_type"):
+        fix = _dataset_list_fix(match.group("key"), match.group("new"), source, from_file)
+        return ValueError(fix)
+    if match:
+        return ValueError(
+            f"In {source}: {match.group('key')} must be of type {match.group('old_type')} like "
+            f"its default {match.group('old')}, got {match.group('new')!r} of type "
+            f"{match.group('new_type')}. Change the value to that type."
+        )
+    text = f"In {source}: {msg}"
+    if type(e) in _REBUILDABLE or isinstance(e, OSError):
+        try:
+            return type(e)(text)
+        except Exception:  # an exotic subclass with another signature
+            pass
+    # yaml parse errors and the like: a config that cannot be read is a bad value.
+    return ValueError(f"{text} ({type(e).__name__})")
+
+
+def merge_cfg_safely(
+    cfg: CfgNode, config_file: Optional[str], opts: Optional[Sequence[str]] = None
+) -> CfgNode:
+    """Merge a yaml file and then command-line overrides into ``cfg``, with clear errors.
+
+    Args:
+        cfg: the config to merge into, in place (e.g. ``get_cfg()`` extended by
+            ``add_efficient_ckpt_config``).
+        config_file: path of a yaml config, resolved against the current working directory;
+            ``None`` or ``""`` merges no file.
+        opts: ``["KEY", "VALUE", ...]`` overrides, as detectron2's argument parser collects
+            them; ``None`` or empty merges none.
+
+    Returns:
+        ``cfg``, for chaining.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ValueError: a value has the wrong type; for ``DATASETS.TRAIN``/``DATASETS.TEST`` given
+            as a bare string the message shows the tuple to write instead. Other errors from
+            merging are re-raised (as the same type where possible) with the config file or
+            "command-line opts" named in the message, chained to the original.
+    """
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(
+                f"Config file '{config_file}' does not exist (relative paths are resolved "
+                f"against the current working directory '{os.getcwd()}'). Check --config-file."
+            )
+        try:
+            cfg.merge_from_file(config_file)
+        except Exception as e:
+            raise _explain(e, f"config file '{config_file}'", from_file=True) from e
+    if opts:
+        try:
+            cfg.merge_from_list(list(opts))
+        except Exception as e:
+            raise _explain(e, "command-line opts", from_file=False) from e
+    return cfg

@@ -1,0 +1,5 @@
+"""Training integration."""
+
+from .trainer import Trainer
+
+__all__ = ["Trainer"]

@@ -1,0 +1,47 @@
+"""Fixtures shared by all test folders: tiny real detectron2 Faster R-CNN configs."""
+
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+from d2_efficient_ckpt.config import add_efficient_ckpt_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_CONFIG = os.path.join(REPO, "configs", "toy", "faster_rcnn_R18_FPN_toy.yaml")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_frcnn_cfg(**overrides):
+    """The toy R18-FPN Faster R-CNN from configs/, shrunk so that a step takes well under 1 s."""
+    cfg = add_efficient_ckpt_config(get_cfg())
+    cfg.merge_from_file(TOY_CONFIG)
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 50
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 64
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 64
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    for key, value in overrides.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    """Factory: ``tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5})``."""
+    return tiny_frcnn_cfg

@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Train or evaluate Faster R-CNN with d2_efficient_ckpt, in detectron2's conventions.
+
+Examples:
+    python tools/train_net.py --config-file configs/toy/faster_rcnn_R18_FPN_toy.yaml
+    python tools/train_net.py --config-file configs/toy/faster_rcnn_R18_FPN_toy.yaml --resume
+    python tools/train_net.py --config-file configs/toy/faster_rcnn_R18_FPN_toy.yaml \
+        --eval-only MODEL.WEIGHTS output/toy/model_final.pth
+    python tools/train_net.py --num-gpus 8 --config-file configs/faster_rcnn_R50_FPN_custom.yaml
+"""
+
+import logging
+
+import detectron2.utils.comm as comm
+import torch.distributed as dist
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+from d2_efficient_ckpt import add_efficient_ckpt_config, build_checkpointer
+from d2_efficient_ckpt.config_utils import merge_cfg_safely
+from d2_efficient_ckpt.data import prepare_datasets
+from d2_efficient_ckpt.engine import Trainer
+
+
+def setup(args):
+    """Create the config and register the datasets it declares, in this process."""
+    cfg = get_cfg()
+    add_efficient_ckpt_config(cfg)
+    merge_cfg_safely(cfg, args.config_file, args.opts)
+    # Registration happens here, inside each launched worker, so every process sees the
+    # datasets before models and loaders are built.
+    prepare_datasets(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        build_checkpointer(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if args.resume:
+        logging.getLogger("detectron2").info(
+            f"Training continues at iteration {trainer.start_iter} of {trainer.max_iter}."
+        )
+    return trainer.train()
+
+
+def _main_and_cleanup(args):
+    try:
+        return main(args)
+    finally:
+        # A worker that exits with a live process group can abort at interpreter exit.
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        _main_and_cleanup,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
