@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 DEMO_CFG := configs/toy/faster_rcnn_R18_FPN_toy.yaml
 DEMO_OUT ?= output/demo
 DEMO_ITERS ?= 400
+DEMO_DEVICE ?= cpu
+DEMO_OPTS = OUTPUT_DIR $(DEMO_OUT) MODEL.DEVICE $(DEMO_DEVICE)
 
 .PHONY: setup demo test lint data clean
 
@@ -18,19 +20,20 @@ data: setup
 demo: data
 	@rm -rf $(DEMO_OUT)
 	@echo "== [1/3] training Faster R-CNN R18-FPN on the toy shapes ($(DEMO_ITERS) iterations)"
-	$(PY) tools/train_net.py --config-file $(DEMO_CFG) OUTPUT_DIR $(DEMO_OUT) SOLVER.MAX_ITER $(DEMO_ITERS)
+	$(PY) tools/train_net.py --config-file $(DEMO_CFG) $(DEMO_OPTS) SOLVER.MAX_ITER $(DEMO_ITERS)
 	@echo "== [2/3] resuming from $$(cat $(DEMO_OUT)/last_checkpoint) for 20 more iterations"
-	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --resume OUTPUT_DIR $(DEMO_OUT) \
+	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --resume $(DEMO_OPTS) \
 		SOLVER.MAX_ITER $$(( $(DEMO_ITERS) + 20 ))
 	@echo "== [3/3] drawing predictions on val images"
 	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CFG) --num-images 6 \
-		--output $(DEMO_OUT)/predictions OUTPUT_DIR $(DEMO_OUT) MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
+		--output $(DEMO_OUT)/predictions $(DEMO_OPTS) MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 clean:

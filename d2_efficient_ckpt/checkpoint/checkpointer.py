@@ -289,17 +289,19 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 continue
             if key == "trainer" and isinstance(saved, dict) and hasattr(obj, "state_dict"):
                 # The trainer entry bundles optimizer, scheduler, iteration, hooks and scaler.
-                whole = "trainer" in wanted
                 merged, status = select_trainer_state(
-                    saved, obj.state_dict(), ["trainer"] if whole else parts
+                    saved, obj.state_dict(), ["trainer"] if "trainer" in wanted else parts
                 )
                 report.checkpointables.update({f"trainer.{p}": s for p, s in status.items()})
-                if not whole and not any(s == "restored" for s in status.values()):
+                restored = [p for p, s in status.items() if s == "restored"]
+                if not restored:
                     report.checkpointables[key] = "skipped"
                     continue
-                restored = [p for p, s in status.items() if s == "restored"]
+                whole = "skipped" not in status.values()
                 self.logger.info(f"Loading trainer state ({', '.join(restored)}) from {path} ...")
                 checkpoint.pop(key)
+                # Restoring every part passes the saved state through untouched, so trainers
+                # with extra state of their own get it back as with the stock class.
                 obj.load_state_dict(materialize(saved if whole else merged, device))
                 report.checkpointables[key] = "restored" if whole else "partial"
                 continue

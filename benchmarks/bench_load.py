@@ -1,0 +1,459 @@
+"""Checkpoint load benchmark: ``EfficientDetectionCheckpointer`` against the stock class.
+
+Loads a real Faster R-CNN R50-FPN training checkpoint (model weights plus SGD momentum for
+every trainable parameter, about 333 MB) with detectron2's ``DetectionCheckpointer`` and
+with ``d2_efficient_ckpt.EfficientDetectionCheckpointer``, side by side in one run. Every
+repeat is a fresh process; the model (and optimizer) are built before the clock starts.
+
+Cases:
+    model   ``load(path, checkpointables=[])``: weights only, as for fine-tuning.
+    resume  ``load(path)`` with ``optimizer=`` registered, then every optimizer state
+            tensor written once (``mul_(1)``, as the first training step would).
+
+Each case runs with the file in the page cache (warm) and with it evicted
+(``POSIX_FADV_DONTNEED`` before the process starts). Results go to
+``<out-dir>/load_<device>.json`` and ``.png``; see ``benchmarks/README.md``.
+
+Run from the repository root (about 5 minutes on a 2-core machine):
+
+    python benchmarks/bench_load.py
+
+Other forms:
+
+    python benchmarks/bench_load.py --quick                 # fewer repeats (about 2 min)
+    python benchmarks/bench_load.py --device cuda:0         # model on a GPU
+    python benchmarks/bench_load.py --ckpt benchmarks/results/r50_fpn_train.pth  # reuse file
+    python benchmarks/bench_load.py --profile               # cProfile of one model-only load
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import load_report
+import procmem
+from load_worker import CASES, CLASSES, RESULT_MARKER, make_cfg, make_checkpoint, worker_main
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(HERE)
+CACHE_STATES = ("warm", "evicted")
+TRANSIENT_LIMIT = 0.05  # of the checkpoint file (CPU) or of the model's bytes (CUDA)
+TARGETS = {"model": 0.25, "resume": 0.6, "memcpy_factor": 4.0}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options of the benchmark driver."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (model's device)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per warm case (5)")
+    p.add_argument(
+        "--evicted-repeats", type=int, default=None, help="repeats per evicted case (3)"
+    )
+    p.add_argument("--quick", action="store_true", help="2 warm and 1 evicted repeat")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="checkpoint to use; generated there if missing (default: a temporary file)",
+    )
+    p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--no-verify", action="store_true", help="skip the after-load check")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--profile", action="store_true", help="only profile one warm model-only load per class"
+    )
+    p.add_argument("--timeout", type=int, default=300, help="seconds per worker process")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- workers
+def _worker_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT, HERE] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_worker(args: List[str], timeout: int) -> Dict[str, Any]:
+    """Run ``bench_load.py --worker ...`` in a fresh interpreter and return its result.
+
+    Raises:
+        RuntimeError: when the worker fails or prints no result; the message has the
+            tail of its output.
+    """
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env(), cwd=REPO_ROOT
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    raise RuntimeError(f"worker {' '.join(args[:4])} failed (exit {proc.returncode}):\n{tail}")
+
+
+def check_eviction(path: str) -> Dict[str, Any]:
+    """Evict the file, then show that it left the cache: residency and a timed cold read.
+
+    Reads the first 64 MiB once evicted and once cached; an eviction that works shows
+    near-zero residency and (on most disks) a slower cold read.
+    """
+    n = min(64 << 20, os.path.getsize(path))
+    procmem.warm_page_cache(path)
+    before = procmem.cache_residency(path)
+    procmem.evict_from_page_cache(path)
+    after = procmem.cache_residency(path)
+    cold = procmem.timed_read(path, n)
+    warm = procmem.timed_read(path, n)
+    procmem.warm_page_cache(path)
+    if after is not None:
+        works = after < 0.05
+    else:
+        works = cold > 1.5 * warm
+    return {
+        "residency_before": before,
+        "residency_after_evict": after,
+        "bytes_read": n,
+        "cold_read_s": cold,
+        "warm_read_s": warm,
+        "cold_read_MBps": n / cold / 1e6,
+        "warm_read_MBps": n / warm / 1e6,
+        "works": works,
+    }
+
+
+def prepare_cache(path: str, state: str) -> Optional[float]:
+    """Put the file in the wanted cache state; returns its page-cache residency (0..1)."""
+    if state == "warm":
+        procmem.warm_page_cache(path)
+    else:
+        procmem.evict_from_page_cache(path)
+    return procmem.cache_residency(path)
+
+
+# --------------------------------------------------------------------------- summary
+def _med(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(
+    runs: List[Dict[str, Any]], file_bytes: int, mem_ref_bytes: int
+) -> List[Dict[str, Any]]:
+    """Medians per case, cache state and class (and the worst transient over repeats)."""
+    rows = []
+    for case in CASES:
+        for cache in CACHE_STATES:
+            for klass in CLASSES:
+                rs = [r for r in runs if (r["case"], r["cache"], r["class"]) == (case, cache, klass)]
+                if not rs:
+                    continue
+
+                def col(key: str, rs=rs) -> List[float]:
+                    return [r[key] for r in rs]
+
+                row = {
+                    "case": case,
+                    "cache": cache,
+                    "class": klass,
+                    "repeats": len(rs),
+                    "time_s": _med(col("time_s")),
+                    "time_min_s": min(col("time_s")),
+                    "time_max_s": max(col("time_s")),
+                    "load_s": _med(col("load_s")),
+                    "touch_s": _med(col("touch_s")),
+                    "peak_rss_growth": _med(col("peak_rss_growth")),
+                    "peak_anon_growth": _med(col("peak_anon_growth")),
+                    "anon_growth_after": _med(col("anon_growth_after")),
+                    "transient_anon": _med(col("transient_anon")),
+                    "transient_anon_max": max(col("transient_anon")),
+                    "peak_anon_growth_max": max(col("peak_anon_growth")),
+                }
+                row["transient_pct_file"] = 100.0 * row["transient_anon"] / file_bytes
+                row["transient_max_pct_file"] = 100.0 * row["transient_anon_max"] / file_bytes
+                row["peak_anon_pct_model"] = 100.0 * row["peak_anon_growth"] / mem_ref_bytes
+                row["peak_anon_max_pct_model"] = (
+                    100.0 * row["peak_anon_growth_max"] / mem_ref_bytes
+                )
+                rows.append(row)
+    return rows
+
+
+def _row(summary: List[Dict[str, Any]], case: str, cache: str, klass: str) -> Dict[str, Any]:
+    for r in summary:
+        if (r["case"], r["cache"], r["class"]) == (case, cache, klass):
+            return r
+    raise KeyError((case, cache, klass))
+
+
+def evaluate(
+    summary: List[Dict[str, Any]],
+    refs: Dict[str, Any],
+    device: str,
+    eviction_works: bool,
+    opt_bytes: int,
+) -> Dict[str, Any]:
+    """Ratios against the stock class and the references, and the PASS/FAIL targets.
+
+    Args:
+        summary: rows from :func:`summarize`.
+        refs: the references worker's result.
+        device: the model's device.
+        eviction_works: whether evicted rows really started from a cold cache.
+        opt_bytes: bytes of optimizer state (moved in addition to the model on resume).
+    """
+    ratios: Dict[str, float] = {}
+    targets: List[Dict[str, Any]] = []
+    gpu = device.startswith("cuda")
+    model_bytes = refs["model_state_bytes"]
+    memcpy = min(refs["memcpy_params_median_s"], refs["memcpy_flat_median_s"])
+    for case in CASES:
+        for cache in CACHE_STATES:
+            try:
+                ours, stock = _row(summary, case, cache, "ours"), _row(summary, case, cache, "stock")
+            except KeyError:
+                continue
+            ratio = ours["time_s"] / stock["time_s"]
+            ratios[f"{case}/{cache}: time ours/stock"] = ratio
+            note = "" if cache == "warm" or eviction_works else " (eviction did not work)"
+            if not gpu:
+                targets.append(
+                    {
+                        "target": f"{case} load time ours/stock, {cache}{note}",
+                        "value": ratio,
+                        "limit": TARGETS[case],
+                        "pass": ratio <= TARGETS[case],
+                    }
+                )
+                pct = ours["transient_max_pct_file"]
+                targets.append(
+                    {
+                        "target": f"{case} transient anon (worst repeat) / file, {cache}",
+                        "value": pct / 100.0,
+                        "limit": TRANSIENT_LIMIT,
+                        "pass": pct / 100.0 <= TRANSIENT_LIMIT,
+                        "stock_value": stock["transient_max_pct_file"] / 100.0,
+                    }
+                )
+            else:
+                frac = ours["peak_anon_growth_max"] / model_bytes
+                targets.append(
+                    {
+                        "target": f"{case} host anon growth (worst repeat) / model, {cache}",
+                        "value": frac,
+                        "limit": TRANSIENT_LIMIT,
+                        "pass": frac <= TRANSIENT_LIMIT,
+                        "stock_value": stock["peak_anon_growth_max"] / model_bytes,
+                    }
+                )
+                moved = model_bytes + (opt_bytes if case == "resume" else 0)
+                for kind in ("pinned", "pageable"):
+                    h2d = refs[f"h2d_{kind}_median_s"] * moved / model_bytes
+                    for klass, row in (("ours", ours), ("stock", stock)):
+                        ratios[f"{case}/{cache}: {klass} time / {kind} H2D time"] = (
+                            row["time_s"] / h2d
+                        )
+            for klass, row in (("ours", ours), ("stock", stock)):
+                ratios[f"{case}/{cache}: {klass} time / memcpy"] = row["time_s"] / memcpy
+    if not gpu:
+        try:
+            ours = _row(summary, "model", "warm", "ours")
+            factor = ours["time_s"] / memcpy
+            targets.append(
+                {
+                    "target": "model load (ours, warm) / memcpy of the model's bytes",
+                    "value": factor,
+                    "limit": TARGETS["memcpy_factor"],
+                    "pass": factor <= TARGETS["memcpy_factor"],
+                }
+            )
+        except KeyError:
+            pass
+    return {
+        "ratios": ratios,
+        "targets": targets,
+        "all_pass": all(t["pass"] for t in targets),
+        "memcpy_reference_s": memcpy,
+    }
+
+
+# --------------------------------------------------------------------------- driver
+def _sanitized_command(argv: Sequence[str]) -> str:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            out.append("<path>")
+            skip = False
+            continue
+        out.append(a)
+        if a in ("--ckpt", "--out-dir"):
+            skip = True
+    return " ".join(["python", "benchmarks/bench_load.py", *out])
+
+
+def _progress(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def profile_mode(args: argparse.Namespace, ckpt: str, common: List[str]) -> int:
+    """Print cProfile's top entries for one warm model-only load with each class."""
+    for klass in ("ours", "stock"):
+        procmem.warm_page_cache(ckpt)
+        res = run_worker(
+            ["--worker", "model", "--class", klass, *common, "--profile", "--no-verify"],
+            args.timeout,
+        )
+        print(f"\n===== {klass}: model-only load, warm cache, {res['time_s']:.3f} s =====")
+        print(res["profile"])
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the whole benchmark; returns 0 when it ran (targets failing included)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        return worker_main(argv)
+    args = parse_args(argv)
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                f"error: --device {device} was asked for but CUDA is not available "
+                f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}). "
+                "Run on a GPU machine, or use --device cpu.",
+                file=sys.stderr,
+            )
+            return 2
+    elif device != "cpu":
+        print(f"error: --device must be 'cpu' or 'cuda:N', not {device!r}", file=sys.stderr)
+        return 2
+    warm_n = args.repeats or (2 if args.quick else 5)
+    evicted_n = args.evicted_repeats or (1 if args.quick else 3)
+    t_start = time.perf_counter()
+    info = procmem.machine_info()
+    tmp = tempfile.mkdtemp(prefix="d2ckpt-loadbench-")
+    try:
+        cfg, cfg_source = make_cfg("cpu")
+        cfg_file = os.path.join(tmp, "config.yaml")
+        with open(cfg_file, "w") as f:
+            f.write(cfg.dump())
+        ckpt = args.ckpt or os.path.join(tmp, "model_final.pth")
+        generated, gen_s = False, 0.0
+        if not os.path.isfile(ckpt):
+            _progress("Writing the training checkpoint (model + SGD momentum) ...")
+            t0 = time.perf_counter()
+            out = make_checkpoint(cfg_file, os.path.join(tmp, "gen"))
+            os.makedirs(os.path.dirname(os.path.abspath(ckpt)), exist_ok=True)
+            shutil.move(out, ckpt)
+            generated, gen_s = True, time.perf_counter() - t0
+        file_bytes = os.path.getsize(ckpt)
+        _progress(f"Checkpoint: {file_bytes / 1e6:.1f} MB ({'generated' if generated else 'reused'})")
+        common = ["--ckpt", ckpt, "--cfg-file", cfg_file, "--device", device]
+        common += ["--save-dir", os.path.join(tmp, "save")]
+        if args.profile:
+            return profile_mode(args, ckpt, common)
+        if args.no_verify:
+            common.append("--no-verify")
+        ev = check_eviction(ckpt)
+        _progress(
+            "Eviction check: residency {} -> {} after POSIX_FADV_DONTNEED; first {} MiB read "
+            "cold {:.0f} MB/s, warm {:.0f} MB/s: {}".format(
+                _pct(ev["residency_before"]),
+                _pct(ev["residency_after_evict"]),
+                ev["bytes_read"] >> 20,
+                ev["cold_read_MBps"],
+                ev["warm_read_MBps"],
+                "eviction works" if ev["works"] else "EVICTION DOES NOT WORK here: the "
+                "'evicted' rows are warm-cache runs",
+            )
+        )
+        procmem.warm_page_cache(ckpt)
+        _progress("References (memcpy of the model's bytes, file read, H2D) ...")
+        refs = run_worker(["--worker", "refs", *common, "--repeats", "7"], args.timeout)
+        runs: List[Dict[str, Any]] = []
+        plan = []
+        for cache, n in (("warm", warm_n), ("evicted", evicted_n)):
+            for rep in range(n):
+                for case in CASES:
+                    order = CLASSES if rep % 2 == 0 else CLASSES[::-1]
+                    plan += [(cache, rep, case, klass) for klass in order]
+        for i, (cache, rep, case, klass) in enumerate(plan, 1):
+            residency = prepare_cache(ckpt, cache)
+            res = run_worker(["--worker", case, "--class", klass, *common], args.timeout)
+            res.update(cache=cache, repeat=rep, residency_at_start=residency)
+            ver = res.get("verify")
+            if ver is not None and not ver["ok"]:
+                raise RuntimeError(f"{klass} {case} loaded wrong values: {ver}")
+            runs.append(res)
+            _progress(
+                f"[{i:2d}/{len(plan)}] {case:6s} {cache:7s} {klass:5s} rep {rep}: "
+                f"{res['time_s']:.3f} s (load {res['load_s']:.3f} + touch {res['touch_s']:.3f}), "
+                f"peak anon +{res['peak_anon_growth'] / 1e6:.0f} MB, "
+                f"after +{res['anon_growth_after'] / 1e6:.0f} MB, residency {_pct(residency)}"
+            )
+        opt_bytes = max(r["optimizer_state_bytes"] for r in runs)
+        gpu = device.startswith("cuda")
+        mem_ref = refs["model_state_bytes"]
+        summary = summarize(runs, file_bytes, mem_ref)
+        verdict = evaluate(summary, refs, device, ev["works"], opt_bytes)
+        if hasattr(os, "getloadavg"):
+            info["loadavg_at_end"] = list(os.getloadavg())
+        result = {
+            "benchmark": "checkpoint load: EfficientDetectionCheckpointer vs DetectionCheckpointer",
+            "model": "Faster R-CNN R50-FPN (" + cfg_source + ")",
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "command": _sanitized_command(argv),
+            "device": device,
+            "machine": info,
+            "checkpoint": {
+                "file_bytes": file_bytes,
+                "model_state_bytes": refs["model_state_bytes"],
+                "optimizer_state_bytes": opt_bytes,
+                "generated": generated,
+                "generate_s": gen_s,
+            },
+            "repeats": {"warm": warm_n, "evicted": evicted_n},
+            "eviction_check": ev,
+            "references": refs,
+            "summary": summary,
+            **verdict,
+            "runs": runs,
+            "total_s": time.perf_counter() - t_start,
+        }
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = "load_cuda" if gpu else "load_cpu"
+        json_path = os.path.join(args.out_dir, stem + ".json")
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+        print()
+        print(load_report.text_report(result))
+        if not args.no_plot:
+            png = os.path.join(args.out_dir, stem + ".png")
+            load_report.plot(result, png)
+            print(f"\nWrote {json_path} and {png}")
+        else:
+            print(f"\nWrote {json_path}")
+        print(f"Total {result['total_s']:.0f} s")
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
