@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_CFG := configs/toy/faster_rcnn_R18_FPN_toy.yaml
 DEMO_OUT ?= output/demo
-DEMO_ITERS ?= 400
+DEMO_ITERS ?= 300
 DEMO_DEVICE ?= cpu
 DEMO_OPTS = OUTPUT_DIR $(DEMO_OUT) MODEL.DEVICE $(DEMO_DEVICE)
 
@@ -21,9 +21,9 @@ demo: data
 	@rm -rf $(DEMO_OUT)
 	@echo "== [1/3] training Faster R-CNN R18-FPN on the toy shapes ($(DEMO_ITERS) iterations)"
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) $(DEMO_OPTS) SOLVER.MAX_ITER $(DEMO_ITERS)
-	@echo "== [2/3] resuming from $$(cat $(DEMO_OUT)/last_checkpoint) for 20 more iterations"
+	@echo "== [2/3] resuming from $$(cat $(DEMO_OUT)/last_checkpoint) for 10 more iterations"
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --resume $(DEMO_OPTS) \
-		SOLVER.MAX_ITER $$(( $(DEMO_ITERS) + 20 ))
+		SOLVER.MAX_ITER $$(( $(DEMO_ITERS) + 10 )) DATASETS.TEST "()"
 	@echo "== [3/3] drawing predictions on val images"
 	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CFG) --num-images 6 \
 		--output $(DEMO_OUT)/predictions $(DEMO_OPTS) MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from detectron2.config import CfgNode
 
-__all__ = ["merge_cfg_safely"]
+__all__ = ["merge_cfg_safely", "load_config"]
 
 _TYPE_MISMATCH = re.compile(
     r"Type mismatch \((?P<old_type>.*?) vs\. (?P<new_type>.*?)\) with values "
@@ -108,4 +108,26 @@ def merge_cfg_safely(
             cfg.merge_from_list(list(opts))
         except Exception as e:
             raise _explain(e, "command-line opts", from_file=False) from e
+    return cfg
+
+
+def load_config(config_file: Optional[str], opts: Optional[Sequence[str]] = None) -> CfgNode:
+    """A detectron2 config with this plugin's keys, merged from a file and ``KEY VALUE`` opts.
+
+    Args:
+        config_file: a yaml config; ``None`` or ``""`` for defaults only.
+        opts: command-line overrides, e.g. ``["SOLVER.MAX_ITER", "100"]``.
+
+    Returns:
+        A new, mutable config.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`merge_cfg_safely`.
+    """
+    from detectron2.config import get_cfg
+
+    from .config import add_efficient_ckpt_config
+
+    cfg = add_efficient_ckpt_config(get_cfg())
+    merge_cfg_safely(cfg, config_file or None, list(opts or []))
     return cfg

@@ -13,22 +13,20 @@ import logging
 
 import detectron2.utils.comm as comm
 import torch.distributed as dist
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from d2_efficient_ckpt import add_efficient_ckpt_config, build_checkpointer
-from d2_efficient_ckpt.config_utils import merge_cfg_safely
+from d2_efficient_ckpt import build_checkpointer
+from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from d2_efficient_ckpt.errors import exit_on_user_error
 
 
 def setup(args):
     """Create the config and register the datasets it declares, in this process."""
-    cfg = get_cfg()
-    add_efficient_ckpt_config(cfg)
-    merge_cfg_safely(cfg, args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     setup_logger(name="d2_efficient_ckpt", distributed_rank=comm.get_rank())
     # Registration happens here, inside each launched worker, so every process sees the
     # datasets before models and loaders are built.
@@ -68,10 +66,19 @@ def _main_and_cleanup(args):
             dist.destroy_process_group()
 
 
+def _preflight(args):
+    # Config and dataset mistakes surface here, in the launching process, as one clear
+    # error line instead of a traceback from inside a spawned worker.
+    prepare_datasets(load_config(args.config_file, args.opts))
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
+    if args.num_gpus * args.num_machines > 1:
+        exit_on_user_error(_preflight, args)
+    exit_on_user_error(
+        launch,
         _main_and_cleanup,
         args.num_gpus,
         num_machines=args.num_machines,

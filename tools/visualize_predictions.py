@@ -11,16 +11,16 @@ import os
 
 import cv2
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from d2_efficient_ckpt import add_efficient_ckpt_config, build_checkpointer
-from d2_efficient_ckpt.config_utils import merge_cfg_safely
+from d2_efficient_ckpt import build_checkpointer
+from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
+from d2_efficient_ckpt.errors import exit_on_user_error
 
 
 class _Predictor(DefaultPredictor):
@@ -47,8 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     setup_logger(name="d2_efficient_ckpt")
-    cfg = add_efficient_ckpt_config(get_cfg())
-    merge_cfg_safely(cfg, args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_threshold
     prepare_datasets(cfg)
     cfg.freeze()
@@ -73,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -6,7 +6,13 @@ from inside torch or pickle to understand what went wrong.
 
 from typing import Iterable
 
-__all__ = ["CheckpointError", "CheckpointFormatError", "UnsafeCheckpointError"]
+__all__ = [
+    "PartialLoadError",
+    "CheckpointError",
+    "CheckpointFormatError",
+    "CheckpointPolicyError",
+    "UnsafeCheckpointError",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -38,3 +44,24 @@ class UnsafeCheckpointError(CheckpointError):
             "config (or weights_only=False in load()/resume_or_load()), or convert it once to a "
             "pickle-free .safetensors file."
         )
+
+
+class CheckpointPolicyError(CheckpointError):
+    """A load broke ``CHECKPOINT.LOAD.ON_MISMATCH "error"``.
+
+    Attributes:
+        path: the checkpoint file.
+        violations: ``(kind, key)`` pairs not tolerated by ``ALLOW_MISMATCH``; kind is
+            ``missing``, ``unexpected`` or ``shape_mismatch``.
+        suggested_allow: glob patterns that, added to ``ALLOW_MISMATCH``, would tolerate them.
+    """
+
+    def __init__(self, message: str, path: str = "", violations=(), suggested_allow=()):
+        self.path = path
+        self.violations = list(violations)
+        self.suggested_allow = list(suggested_allow)
+        super().__init__(message)
+
+
+class PartialLoadError(CheckpointError):
+    """Copying stopped after some tensors had been written into the model."""

@@ -12,11 +12,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import PartialLoadError
+
 __all__ = ["model_device", "resolve_map_location", "materialize", "PartialLoadError"]
-
-
-class PartialLoadError(RuntimeError):
-    """Copying stopped after some tensors had been written into the model."""
 
 
 def model_device(model: nn.Module) -> torch.device:

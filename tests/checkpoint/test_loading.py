@@ -342,3 +342,22 @@ def test_cuda_restore(saved, fresh):
         assert st["momentum_buffer"].is_cuda
     for k, v in model.state_dict().items():
         assert torch.equal(ours.state_dict()[k].cpu(), v), k
+
+
+def test_failure_midway_says_model_is_partly_loaded(tmp_path):
+    import torch.nn as nn
+
+    from d2_efficient_ckpt.checkpoint.restore import PartialLoadError
+
+    class Refuses(nn.Linear):
+        def _load_from_state_dict(self, *args, **kwargs):
+            raise RuntimeError("disk went away")
+
+    src = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    torch.save({"model": src.state_dict()}, tmp_path / "m.pth")
+    dst = nn.Sequential(nn.Linear(3, 3), Refuses(3, 3))
+    with pytest.raises(PartialLoadError, match="partly loaded") as e:
+        EfficientDetectionCheckpointer(dst).load(str(tmp_path / "m.pth"))
+    assert "disk went away" in str(e.value)
+    # The first layer was written before the failure: exactly what the message warns about.
+    assert torch.equal(dst[0].weight, src[0].weight)
