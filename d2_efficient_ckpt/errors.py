@@ -3,6 +3,7 @@
 Tools print these as one ``error: ...`` line and exit non-zero, because their messages
 already name the file, key or record and the fix; a traceback would only bury that.
 """
+
 import sys
 from typing import Any, Callable
 

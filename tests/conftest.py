@@ -1,6 +1,7 @@
 """Fixtures shared by all test folders: tiny real detectron2 Faster R-CNN configs."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -32,6 +33,8 @@ def tiny_frcnn_cfg(**overrides):
     cfg.INPUT.MAX_SIZE_TEST = 64
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
+    # Load reports are written to OUTPUT_DIR; keep them out of the working tree.
+    cfg.OUTPUT_DIR = tempfile.mkdtemp(prefix="d2ec_test_")
     for key, value in overrides.items():
         node = cfg
         *path, last = key.split(".")

@@ -8,6 +8,7 @@ Differences from the stock class, all on by default and all configurable:
       optimizer state onto its parameter's device, with no full host copy.
 """
 
+import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import parse_qs, urlparse
@@ -20,6 +21,8 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointFormatError
+from .explain import explain
+from .policy import check_policy, enforce_policy
 from .readers import open_checkpoint
 from .report import LoadReport
 from .restore import (
@@ -100,6 +103,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         mmap: Optional[bool] = None,
         weights_only: Optional[bool] = None,
         map_location: Optional[str] = None,
+        on_mismatch: Optional[str] = None,
+        allow_mismatch: Optional[Sequence[str]] = None,
     ) -> Dict[str, Any]:
         """Load a checkpoint into the model and (some of) the checkpointables.
 
@@ -110,8 +115,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 ``CHECKPOINT.LOAD.CHECKPOINTABLES``. For the ``trainer`` entry the names
                 ``optimizer``, ``scheduler``, ``iteration``, ``hooks`` and ``scaler`` select
                 its parts.
-            include, exclude, rename, mmap, weights_only, map_location: override
-                ``CHECKPOINT.LOAD`` for this call.
+            include, exclude, rename, mmap, weights_only, map_location, on_mismatch,
+                allow_mismatch: override ``CHECKPOINT.LOAD`` for this call.
 
         Returns:
             The checkpoint entries that were not consumed, as the stock class does.
@@ -120,6 +125,9 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             CheckpointFormatError: missing, truncated or unknown file; no model entry.
             UnsafeCheckpointError: the file needs pickle globals outside the allowlist.
             PartialLoadError: the copy into the model failed midway.
+            CheckpointPolicyError: ``on_mismatch`` is ``"error"`` and keys outside
+                ``allow_mismatch`` are missing, unexpected or of another shape; raised after
+                the model weights were copied and before any checkpointable is restored.
         """
         self._options = self.load_options.override(
             include=include,
@@ -128,6 +136,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             mmap=mmap,
             weights_only=weights_only,
             map_location=map_location,
+            on_mismatch=on_mismatch,
+            allow_mismatch=allow_mismatch,
         )
         wanted = list(self._options.checkpointables if checkpointables is None else checkpointables)
         try:
@@ -154,6 +164,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         if incompatible is not None:
             self._log_incompatible_keys(incompatible)
         self._load_checkpointables(checkpoint, wanted, local)
+        if comm.is_main_process():
+            self._write_report_json(self.last_report)
         return checkpoint
 
     def _check_all_ranks_have(self, path: str) -> None:
@@ -263,6 +275,58 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             unexpected_keys=list(report.unexpected),
             incorrect_shapes=list(report.shape_mismatch),
         )
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        """Explain, report (main process only) and enforce the mismatch policy (every rank).
+
+        Replaces fvcore's per-key warnings by one table through ``self.logger`` and a JSON
+        report in the output directory; see ``report``, ``explain`` and ``policy``.
+        """
+        report = self.last_report
+        if report is None:
+            super()._log_incompatible_keys(incompatible)
+            return
+        opts = self._options
+        model_sd = self.model.state_dict()
+        shapes = {
+            k: tuple(v.shape)
+            for k, v in model_sd.items()
+            if not isinstance(v, torch.nn.parameter.UninitializedParameter)
+        }
+        report.num_keys_model = len(model_sd)
+        report.explanations = explain(report, model_shapes=shapes, cfg=self.cfg)
+        outcome = check_policy(report, opts.on_mismatch, opts.allow_mismatch)
+        if comm.is_main_process():
+            loud = report.has_mismatch and opts.on_mismatch != "ignore"
+            self.logger.log(
+                logging.WARNING if loud else logging.INFO,
+                f"Checkpoint load report for {report.path}:\n{report.format_table()}",
+            )
+        if outcome.broken:
+            if comm.is_main_process():
+                self._write_report_json(report)  # the load stops here; keep the evidence
+            enforce_policy(report, opts.on_mismatch, opts.allow_mismatch)
+
+    def _report_json_path(self, report: LoadReport) -> Optional[str]:
+        out_dir = ""
+        if self.cfg is not None and self.cfg.get("OUTPUT_DIR"):
+            out_dir = self.cfg.OUTPUT_DIR
+        out_dir = out_dir or self.save_dir
+        if not out_dir or not report.path:
+            return None
+        stem = os.path.splitext(os.path.basename(report.path))[0] or "checkpoint"
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+        return os.path.join(out_dir, f"load_report_{stem}.json")
+
+    def _write_report_json(self, report: LoadReport) -> None:
+        path = self._report_json_path(report)
+        if path is None:
+            return
+        try:
+            self.path_manager.mkdirs(os.path.dirname(path))
+            report.to_json(path, opener=self.path_manager.open)
+        except OSError as e:
+            self.logger.warning(f"Could not write the load report {path}: {e}")
 
     def _drop_expected_incompatibilities(self, report: LoadReport) -> None:
         # pixel_mean/std come from the config anyway; cell_anchors became non-persistent

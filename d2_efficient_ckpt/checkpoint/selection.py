@@ -21,6 +21,7 @@ TRAINER_PARTS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "scheduler": (("hooks", "LRScheduler"),),
 }
 _ALL_PARTS = ("optimizer", "scheduler", "iteration", "hooks", "scaler")
+_ON_MISMATCH = ("warn", "error", "ignore")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class LoadOptions:
         select_on_resume: apply the key selection when resuming from ``last_checkpoint``.
         weights_only: refuse pickles outside the allowlist.
         map_location: ``""`` (model's device), ``"cpu"`` or ``"cuda:N"``.
+        on_mismatch: ``"warn"``, ``"error"`` or ``"ignore"`` (see ``policy``).
+        allow_mismatch: glob patterns of keys whose incompatibility ``"error"`` tolerates.
     """
 
     include: Tuple[str, ...] = ()
@@ -46,6 +49,8 @@ class LoadOptions:
     weights_only: bool = True
     map_location: str = ""
     select_on_resume: bool = False
+    on_mismatch: str = "warn"
+    allow_mismatch: Tuple[str, ...] = ()
     extra: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -63,12 +68,23 @@ class LoadOptions:
             weights_only=bool(ld.WEIGHTS_ONLY),
             map_location=str(ld.MAP_LOCATION),
             select_on_resume=bool(ld.SELECT_ON_RESUME),
+            on_mismatch=str(ld.get("ON_MISMATCH", "warn")),
+            allow_mismatch=tuple(ld.get("ALLOW_MISMATCH", ())),
         )
+
+    def __post_init__(self):
+        value = str(self.on_mismatch).strip().lower()
+        if value not in _ON_MISMATCH:
+            raise ValueError(
+                f"CHECKPOINT.LOAD.ON_MISMATCH must be one of {', '.join(_ON_MISMATCH)}; got "
+                f"{self.on_mismatch!r}. Example: CHECKPOINT.LOAD.ON_MISMATCH error"
+            )
+        object.__setattr__(self, "on_mismatch", value)
 
     def override(self, **kwargs: Any) -> "LoadOptions":
         """A copy with the keyword arguments that are not ``None`` replaced."""
         kw = {k: v for k, v in kwargs.items() if v is not None}
-        for key in ("include", "exclude", "checkpointables"):
+        for key in ("include", "exclude", "checkpointables", "allow_mismatch"):
             if key in kw:
                 kw[key] = (kw[key],) if isinstance(kw[key], str) else tuple(kw[key])
         if "rename" in kw:

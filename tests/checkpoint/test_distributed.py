@@ -1,4 +1,5 @@
 """Loading under torch.distributed: two CPU processes over gloo, through detectron2's launch."""
+
 import json
 import os
 

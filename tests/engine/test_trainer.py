@@ -1,4 +1,5 @@
 """End to end on toy data: train, checkpoint, resume, and continue where training stopped."""
+
 import os
 import shutil
 import uuid
@@ -25,8 +26,11 @@ def _cfg(tiny_cfg, toy, out, max_iter, **overrides):
     name = "toy_e2e_" + uuid.uuid4().hex[:8]
     cfg.DATASETS.CUSTOM.clear()
     cfg.DATASETS.CUSTOM[name] = type(cfg)(
-        {"FORMAT": "coco", "ANN_FILE": str(toy / "annotations" / "train.json"),
-         "IMAGE_ROOT": str(toy / "images" / "train")}
+        {
+            "FORMAT": "coco",
+            "ANN_FILE": str(toy / "annotations" / "train.json"),
+            "IMAGE_ROOT": str(toy / "images" / "train"),
+        }
     )
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = ()
@@ -66,7 +70,9 @@ def test_hooks_and_resume_use_the_configured_checkpointer(first_run):
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert periodic and periodic[0].checkpointer is trainer.checkpointer
     assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
-        "model_0000001.pth", "model_0000003.pth", "model_final.pth"
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
     ]
     assert open(out / "last_checkpoint").read().strip() == "model_final.pth"
 
@@ -100,8 +106,13 @@ def test_resume_continues_exactly(first_run, tiny_cfg, toy, tmp_path):
 def test_resume_weights_and_iteration_with_fresh_optimizer(first_run, tiny_cfg, toy, tmp_path):
     trainer, out = first_run
     out = _copy(out, tmp_path)
-    cfg = _cfg(tiny_cfg, toy, out, max_iter=6,
-               **{"CHECKPOINT.LOAD.CHECKPOINTABLES": ["iteration", "scheduler"]})
+    cfg = _cfg(
+        tiny_cfg,
+        toy,
+        out,
+        max_iter=6,
+        **{"CHECKPOINT.LOAD.CHECKPOINTABLES": ["iteration", "scheduler"]},
+    )
     resumed = _train(cfg, resume=True)
     st = resumed.checkpointer.last_report.checkpointables
     assert st["trainer.iteration"] == "restored" and st["trainer.optimizer"] == "skipped"

@@ -1,4 +1,5 @@
 """tools/train_net.py as a user runs it: train, resume, evaluate, and bad input."""
+
 import os
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def toy_config(tmp_path_factory):
 
 def _run(*argv):
     env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, TRAIN_NET, *argv], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, TRAIN_NET, *argv], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_train_resume_eval_only(toy_config):
@@ -47,19 +49,33 @@ def test_train_resume_eval_only(toy_config):
     log = r.stdout + r.stderr
     assert "Training continues at iteration 2 of 3" in log
     assert "Loading trainer state" in log
-    r = _run("--config-file", str(toy_config), "--eval-only",
-             "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
+    r = _run(
+        "--config-file",
+        str(toy_config),
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        os.path.join(out, "model_final.pth"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "copypaste: AP,AP50" in r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("opts,expected", [
-    (["DATASETS.TRAIN", "('nope_train',)"], "nope_train"),
-    (["DATASETS.TRAIN", "toy_train"], "('toy_train',)"),
-    (["DATASETS.CUSTOM.toy_train.ANN_FILE", "/nonexistent/train.json"], "/nonexistent/train.json"),
-    (["DATASETS.CUSTOM.toy_val.IMAGE_ROOT", "/nonexistent/images"], "/nonexistent/images"),
-    (["MODEL.WEIGHTS", "/nonexistent/model.pth", "SOLVER.MAX_ITER", "1"], "/nonexistent/model.pth"),
-])
+@pytest.mark.parametrize(
+    "opts,expected",
+    [
+        (["DATASETS.TRAIN", "('nope_train',)"], "nope_train"),
+        (["DATASETS.TRAIN", "toy_train"], "('toy_train',)"),
+        (
+            ["DATASETS.CUSTOM.toy_train.ANN_FILE", "/nonexistent/train.json"],
+            "/nonexistent/train.json",
+        ),
+        (["DATASETS.CUSTOM.toy_val.IMAGE_ROOT", "/nonexistent/images"], "/nonexistent/images"),
+        (
+            ["MODEL.WEIGHTS", "/nonexistent/model.pth", "SOLVER.MAX_ITER", "1"],
+            "/nonexistent/model.pth",
+        ),
+    ],
+)
 def test_bad_input_is_one_clear_error(toy_config, opts, expected):
     r = _run("--config-file", str(toy_config), *opts)
     assert r.returncode == 2

@@ -1,0 +1,159 @@
+"""Write checkpoint files: safetensors streamed tensor by tensor, torch files atomically.
+
+Both writers go through a temporary file that replaces the target only when complete, so an
+interrupted conversion never leaves a truncated checkpoint behind.
+"""
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from .readers import _SAFETENSORS_DTYPES
+from .restore import as_tensor, dtype_of, shape_of
+
+__all__ = ["TensorEntry", "entries_of", "write_safetensors", "write_torch", "compact"]
+
+_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items() if dtype is not None}
+
+
+@dataclass
+class TensorEntry:
+    """One tensor to write: its name, shape and dtype in the file, and how to read it."""
+
+    key: str
+    shape: Tuple[int, ...]
+    dtype: torch.dtype
+    fetch: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+def entries_of(state: Mapping[str, Any], dtypes: Optional[Dict[str, torch.dtype]] = None):
+    """Entries for every key of a (possibly lazy) state dict; nothing is read yet.
+
+    Args:
+        state: key -> tensor or numpy array; lazy mappings are read one key at a time.
+        dtypes: key -> dtype to write instead of the stored one.
+    """
+    dtypes = dtypes or {}
+    out: List[TensorEntry] = []
+    for key in state:
+        stored = dtype_of(state, key)
+        out.append(
+            TensorEntry(
+                key,
+                tuple(shape_of(state, key)),
+                dtypes.get(key, stored),
+                lambda k=key: as_tensor(state[k]),
+            )
+        )
+    return out
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and alone in its storage (a view of a larger buffer is copied)."""
+    t = t.contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def write_safetensors(
+    path: str,
+    entries: Iterable[TensorEntry],
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    progress: bool = False,
+    desc: str = "",
+) -> int:
+    """Write a ``.safetensors`` file, reading and writing one tensor at a time.
+
+    Returns:
+        The size of the file in bytes.
+
+    Raises:
+        ValueError: a dtype safetensors cannot store, or a tensor whose shape changed.
+    """
+    entries = list(entries)
+    header: Dict[str, Any] = {}
+    offset = 0
+    for e in entries:
+        if e.dtype not in _CODES:
+            raise ValueError(f"safetensors cannot store {e.key} of dtype {e.dtype}.")
+        header[e.key] = {
+            "dtype": _CODES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # keeps tensor data 8-byte aligned
+    tmp = path + ".tmp"
+    try:
+        with (
+            open(tmp, "wb") as f,
+            tqdm(
+                total=offset, unit="B", unit_scale=True, desc=desc or None, disable=not progress
+            ) as bar,
+        ):
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for e in entries:
+                t = e.fetch().to(e.dtype).contiguous()
+                if tuple(t.shape) != e.shape:
+                    raise ValueError(f"{e.key} changed shape while writing: {tuple(t.shape)}.")
+                data = t.reshape(-1).view(torch.uint8).numpy()
+                f.write(memoryview(data))
+                bar.update(data.nbytes)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return 8 + len(raw) + offset
+
+
+def write_torch(
+    path: str,
+    entries: Iterable[TensorEntry],
+    extra: Optional[Dict[str, Any]] = None,
+    *,
+    progress: bool = False,
+    desc: str = "",
+) -> int:
+    """``torch.save({"model": {...}, **extra})`` through a temporary file.
+
+    Returns:
+        The size of the file in bytes.
+    """
+    entries = list(entries)
+    model: Dict[str, torch.Tensor] = {}
+    with tqdm(
+        total=sum(e.nbytes for e in entries),
+        unit="B",
+        unit_scale=True,
+        desc=desc or None,
+        disable=not progress,
+    ) as bar:
+        for e in entries:
+            model[e.key] = compact(e.fetch().to(e.dtype))
+            bar.update(e.nbytes)
+    tmp = path + ".tmp"
+    try:
+        torch.save({"model": model, **(extra or {})}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return os.path.getsize(path)

@@ -1,0 +1,184 @@
+"""Helpers shared by the subcommands: errors, output, files, logging."""
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import textwrap
+from typing import Any, Dict, Iterator, Mapping, Tuple
+
+import torch
+
+from ..checkpoint.errors import CheckpointFormatError
+from ..checkpoint.readers import OpenedCheckpoint, open_checkpoint
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the policy says error (diff), or integrity problems (verify)
+EXIT_BAD_INPUT = 2  # missing or unreadable file, bad config, bad arguments
+
+
+class CliError(Exception):
+    """An error to print as ``error: <message>`` and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(sub, name: str, help: str, description: str, examples: str, common):
+    """A subcommand parser whose --help ends with examples."""
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=help,
+        description="\n".join(textwrap.fill(part, 79) for part in description.split("\n")),
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def emit(args, data: Dict[str, Any], text: str) -> None:
+    """Print ``data`` as JSON with --json, else ``text``."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=json_default))
+    elif text:
+        print(text)
+
+
+def show_progress(args) -> bool:
+    """Progress bars go to stderr, only for people: not with --json, not when redirected."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
+def local_file(path: str) -> str:
+    """A local path for ``path`` (URLs such as detectron2:// are downloaded and cached).
+
+    Raises:
+        CliError: the file does not exist.
+    """
+    if "://" in path:
+        from detectron2.utils.file_io import PathManager
+
+        try:
+            path = PathManager.get_local_path(path)
+        except Exception as e:
+            raise CliError(f"cannot fetch {path}: {e}") from None
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise CliError(f"{path} is a directory, not a checkpoint file.")
+    return path
+
+
+def open_lazy(path: str) -> OpenedCheckpoint:
+    """Open a checkpoint memory-mapped and without unsafe pickle code."""
+    return open_checkpoint(local_file(path), mmap=True, weights_only=True)
+
+
+def model_state(opened: OpenedCheckpoint) -> Tuple[Mapping[str, Any], Dict[str, Any]]:
+    """The model state dict of an opened checkpoint, and its other entries.
+
+    Raises:
+        CheckpointFormatError: no ``model`` entry and not a bare state dict.
+    """
+    data = opened.data
+    if isinstance(data, dict) and "model" in data:
+        return data["model"], {k: v for k, v in data.items() if k != "model"}
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, {}
+    entries = (
+        ", ".join(map(str, list(data)[:10])) if isinstance(data, dict) else type(data).__name__
+    )
+    raise CheckpointFormatError(
+        opened.path, f"it has no 'model' entry and is not a state dict (entries: {entries})."
+    )
+
+
+@contextlib.contextmanager
+def quiet_logs(verbose: bool) -> Iterator[None]:
+    """Silence library logs (the CLI prints its own output); ``--verbose`` shows them."""
+    names = ("detectron2", "fvcore", "d2_efficient_ckpt", "iopath")
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    handler = None
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+            if handler is not None:
+                lg.addHandler(handler)
+                lg.propagate = False
+        yield
+    finally:
+        for lg, (level, propagate, handlers) in zip(loggers, saved):
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.handlers[:] = handlers
+
+
+ENTRIES_METADATA_KEY = "d2_efficient_ckpt.entries"
+
+
+def scalar_entries(extra: Mapping[str, Any]) -> Dict[str, Any]:
+    """The entries that are plain values (iteration, __author__, matching_heuristics)."""
+    return {
+        str(k): v
+        for k, v in extra.items()
+        if isinstance(v, (bool, int, float, str)) and not str(k).startswith("__format")
+    }
+
+
+def check_output(src: str, out: str, force: bool) -> str:
+    """The output format (``safetensors`` or ``torch``) of ``out``, after sanity checks."""
+    if os.path.abspath(src) == os.path.abspath(out):
+        raise CliError("the output must be another file than the input.")
+    if os.path.exists(out) and not force:
+        raise CliError(f"{out} exists; pass --force to overwrite it.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise CliError(f"the output folder {parent} does not exist.")
+    if out.endswith(".safetensors"):
+        return "safetensors"
+    if out.endswith((".pth", ".pt", ".ckpt", ".bin")):
+        return "torch"
+    raise CliError(f"cannot tell the output format of {out}: name it .pth or .safetensors.")
+
+
+def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: bool) -> int:
+    """Write model weights (``entries``) and plain ``extra`` entries; returns the file size.
+
+    A safetensors file keeps the extra entries as JSON in its metadata.
+    """
+    from ..checkpoint.writers import write_safetensors, write_torch
+
+    desc = f"writing {os.path.basename(out)}"
+    if kind == "safetensors":
+        metadata = {"format": "pt"}
+        if extra:
+            metadata[ENTRIES_METADATA_KEY] = json.dumps(extra)
+        return write_safetensors(out, entries, metadata, progress=progress, desc=desc)
+    return write_torch(out, entries, extra, progress=progress, desc=desc)

@@ -1,0 +1,160 @@
+"""``verify FILE``: integrity checks of a checkpoint file."""
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.readers import SafetensorsStateDict, detect_format, open_checkpoint
+from ..checkpoint.restore import as_tensor
+from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
+
+EXAMPLES = """\
+  python -m d2_efficient_ckpt verify output/model_final.pth
+  python -m d2_efficient_ckpt verify model.safetensors --sha256 3f2a9c --json
+"""
+
+
+def register(sub, common) -> None:
+    p = add_parser(
+        sub,
+        "verify",
+        "check a checkpoint's integrity (exit 1 when a check fails)",
+        "Check that a checkpoint is complete and readable: zip CRCs of torch files, header and "
+        "offsets of safetensors files, a safe (weights-only) load, a model entry, finite "
+        "floating-point weights, and optionally the SHA-256 of the file. Exits 1 when any "
+        "check fails, 2 when the file does not exist.",
+        EXAMPLES,
+        common,
+    )
+    p.add_argument("file", help="checkpoint file")
+    p.add_argument("--sha256", help="expected SHA-256 (hex; a prefix of 6+ characters is enough)")
+    p.set_defaults(func=run)
+
+
+def _sha256(path: str, progress: bool) -> str:
+    h = hashlib.sha256()
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=os.path.getsize(path),
+            unit="B",
+            unit_scale=True,
+            desc="sha256",
+            disable=not progress,
+        ) as bar,
+    ):
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+            bar.update(len(block))
+    return h.hexdigest()
+
+
+def _safetensors_layout(path: str) -> List[str]:
+    st = SafetensorsStateDict(path)  # raises on a bad header or truncated data
+    problems = []
+    spans = sorted((start, end, key) for key, (_, _, start, end) in st._entries.items())
+    pos = 0
+    for start, end, key in spans:
+        dtype, shape = st.dtype(key), st.shape(key)
+        expected = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        if end - start != expected:
+            problems.append(
+                f"tensor '{key}' has {end - start} bytes but its shape needs {expected}."
+            )
+        if start != pos:
+            problems.append(
+                f"tensor '{key}' starts at byte {start}, expected {pos} (gap or overlap)."
+            )
+        pos = max(pos, end)
+    if st._base + pos != st._size:
+        problems.append(f"{st._size - st._base - pos} bytes after the last tensor.")
+    return problems
+
+
+def _tensor_problems(state: Mapping, progress: bool) -> List[str]:
+    bad = []
+    for key in tqdm(list(state), desc="reading", unit="tensor", disable=not progress):
+        t = as_tensor(state[key])
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(key)
+    if bad:
+        return [
+            f"{len(bad)} tensor(s) hold NaN or Inf: {', '.join(bad[:5])}"
+            + (", ..." if len(bad) > 5 else "")
+        ]
+    return []
+
+
+def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False) -> Dict[str, Any]:
+    """Run every check; ``ok`` is whether all passed."""
+    path = local_file(path)
+    result: Dict[str, Any] = {"file": path, "format": None, "checks": [], "problems": []}
+    checks, problems = result["checks"], result["problems"]
+
+    def finish() -> Dict[str, Any]:
+        result["ok"] = not problems
+        return result
+
+    try:
+        result["format"] = fmt = detect_format(path)
+    except CheckpointError as e:
+        problems.append(str(e))
+        return finish()
+    result["sha256"] = digest = _sha256(path, progress)
+    if sha256:
+        want = sha256.strip().lower()
+        if len(want) < 6 or not digest.startswith(want):
+            problems.append(f"SHA-256 is {digest}, expected {want}.")
+        else:
+            checks.append("sha256 matches")
+    if fmt == "torch-zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                broken = zf.testzip()
+            if broken:
+                problems.append(f"zip member '{broken}' fails its CRC check (the file is corrupt).")
+            else:
+                checks.append("zip CRCs ok")
+        except (zipfile.BadZipFile, OSError) as e:
+            problems.append(f"the zip archive is corrupt ({e}).")
+    if fmt == "safetensors":
+        try:
+            layout = _safetensors_layout(path)
+        except CheckpointError as e:
+            layout = [str(e)]
+        problems.extend(layout)
+        if not layout:
+            checks.append("safetensors header and offsets ok")
+    if problems:
+        return finish()
+    try:
+        opened = open_checkpoint(path, mmap=True, weights_only=True)
+        result["format"] = opened.format
+        state, _ = model_state(opened)
+    except CheckpointError as e:
+        problems.append(str(e))
+        return finish()
+    checks.append("loads with weights_only")
+    result["tensors"] = len(state)
+    tensor_problems = _tensor_problems(state, progress)
+    problems.extend(tensor_problems)
+    if not tensor_problems:
+        checks.append(f"{len(state)} model tensors readable and finite")
+    return finish()
+
+
+def run(args) -> int:
+    result = verify_file(args.file, args.sha256, show_progress(args))
+    if result["ok"]:
+        text = f"OK: {result['file']} ({result['format']}): " + "; ".join(result["checks"])
+        text += f"\nsha256 {result['sha256']}"
+    else:
+        text = f"FAILED: {result['file']}\n" + "\n".join(f"  - {p}" for p in result["problems"])
+    emit(args, result, text)
+    return EXIT_OK if result["ok"] else EXIT_FAILED
