@@ -25,7 +25,7 @@ demo: data
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --resume $(DEMO_OPTS) \
 		SOLVER.MAX_ITER $$(( $(DEMO_ITERS) + 10 )) DATASETS.TEST "()"
 	@echo "== [3/3] drawing predictions on val images"
-	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CFG) --num-images 6 \
+	$(PY) tools/visualize_predictions.py --config-file $(DEMO_CFG) --num-images 6 --score-threshold 0.7 \
 		--output $(DEMO_OUT)/predictions $(DEMO_OPTS) MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth
 
 lint: setup

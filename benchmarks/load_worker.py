@@ -184,6 +184,32 @@ def _verify(model, optimizer, ckpt: str) -> Dict[str, Any]:
     return out
 
 
+def memcpy_model_bytes(model, repeats: int = 5) -> List[float]:
+    """Times of copying every model tensor into one preallocated, pre-faulted flat buffer.
+
+    This is the floor for a load into an existing CPU model: the same bytes, the same
+    tensor sizes, one copy each, no file involved.
+    """
+    import torch
+
+    tensors = [t.detach() for t in model.state_dict().values()]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    flat = torch.empty(nbytes, dtype=torch.uint8, device=tensors[0].device)
+    flat.fill_(0)
+    views, offset = [], 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        views.append(flat[offset : offset + n].view(t.dtype).view(t.shape))
+        offset += n
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for dst, src in zip(views, tensors):
+            dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def _profile_text(prof: cProfile.Profile, limit: int = 25) -> str:
     buf = io.StringIO()
     stats = pstats.Stats(prof, stream=buf)
@@ -201,6 +227,7 @@ def run_case(
     save_dir: str,
     verify: bool = True,
     profile: bool = False,
+    sample_interval: float = 0.001,
 ) -> Dict[str, Any]:
     """Build the model, then time one ``load`` of ``ckpt`` and record its memory.
 
@@ -214,6 +241,7 @@ def run_case(
         save_dir: the checkpointer's (unused) save directory.
         verify: compare the result with the file after measuring.
         profile: run the load under cProfile and return the top entries.
+        sample_interval: seconds between memory samples; 0 samples only at start and end.
 
     Returns:
         Timings in seconds and memory figures in bytes (see the README for each).
@@ -233,7 +261,8 @@ def run_case(
     hwm_reset = procmem.reset_peak_rss()
     base = procmem.read_status()
     prof = cProfile.Profile() if profile else None
-    with procmem.MemorySampler(0.001) as sampler:
+    with procmem.MemorySampler(sample_interval) as sampler:
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         if prof is not None:
             prof.enable()
@@ -246,6 +275,7 @@ def run_case(
         touched = _touch_optimizer_state(optimizer) if optimizer is not None else 0
         _sync(device)
         t2 = time.perf_counter()
+        c2 = time.thread_time()
         if prof is not None:
             prof.disable()
         sampler.sample()
@@ -257,9 +287,11 @@ def run_case(
         "case": case,
         "class": klass,
         "device": device,
+        "threads": torch.get_num_threads(),
         "time_s": t2 - t0,
         "load_s": t1 - t0,
         "touch_s": t2 - t1,
+        "cpu_s": c2 - c0,
         "base_rss": base["VmRSS"],
         "base_anon": base["RssAnon"],
         "peak_rss_growth": (after["VmHWM"] if hwm_reset else sampler.peak_rss) - base["VmRSS"],
@@ -270,12 +302,12 @@ def run_case(
         "hwm_reset": hwm_reset,
         "samples": sampler.samples,
         "optimizer_state_bytes": touched,
-        "model_state_bytes": sum(
-            t.numel() * t.element_size() for t in model.state_dict().values()
-        ),
+        "model_state_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         "unconsumed_entries": leftover,
     }
     result["transient_anon"] = result["peak_anon_growth"] - result["anon_growth_after"]
+    if not gpu:  # the same process's memcpy of the model's bytes, for a paired ratio
+        result["memcpy_s"] = statistics.median(memcpy_model_bytes(model))
     if gpu:
         result["gpu_peak_growth"] = torch.cuda.max_memory_allocated() - gpu_base
     if prof is not None:
@@ -312,26 +344,20 @@ def run_references(ckpt: str, cfg_file: str, device: str, repeats: int) -> Dict[
     import torch
 
     model, _ = _build(cfg_file, "cpu", with_optimizer=False)
-    tensors = [t.detach() for t in model.state_dict().values()]
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     flat = torch.empty(nbytes, dtype=torch.uint8)
     flat.fill_(0)
-    views = []
-    offset = 0
-    for t in tensors:
-        n = t.numel() * t.element_size()
-        views.append(flat[offset : offset + n].view(t.dtype).view(t.shape))
-        offset += n
-
-    def per_param() -> None:
-        for dst, src in zip(views, tensors):
-            dst.copy_(src)
-
     src_flat = torch.empty(nbytes, dtype=torch.uint8)
     src_flat.fill_(1)
     out: Dict[str, Any] = {"model_state_bytes": nbytes, "file_bytes": os.path.getsize(ckpt)}
-    out["memcpy_params_s"] = _median_time(per_param, repeats + 1)[1:]
+    out["memcpy_params_s"] = memcpy_model_bytes(model, repeats + 1)[1:]
     out["memcpy_flat_s"] = _median_time(lambda: flat.copy_(src_flat), repeats + 1)[1:]
+    threads = torch.get_num_threads()
+    out["threads"] = threads
+    if threads > 1:  # many small parallel regions suffer most when cores are busy
+        torch.set_num_threads(1)
+        out["memcpy_params_1thread_s"] = memcpy_model_bytes(model, repeats + 1)[1:]
+        torch.set_num_threads(threads)
     fbuf = torch.empty(os.path.getsize(ckpt), dtype=torch.uint8)
     fbuf.fill_(0)
     fview = memoryview(fbuf.numpy())
@@ -353,9 +379,7 @@ def run_references(ckpt: str, cfg_file: str, device: str, repeats: int) -> Dict[
         dst.copy_(src_flat)
         torch.cuda.synchronize()
         out["h2d_pinned_s"] = _median_time(lambda: dst.copy_(pinned), repeats + 1, device)[1:]
-        out["h2d_pageable_s"] = _median_time(
-            lambda: dst.copy_(src_flat), repeats + 1, device
-        )[1:]
+        out["h2d_pageable_s"] = _median_time(lambda: dst.copy_(src_flat), repeats + 1, device)[1:]
         out["gpu_name"] = torch.cuda.get_device_name(torch.device(device))
     for key in [k for k in out if k.endswith("_s")]:
         out[key[:-2] + "_median_s"] = statistics.median(out[key])
@@ -379,11 +403,15 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-verify", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--sample-ms", type=float, default=1.0)
     args = parser.parse_args(list(argv))
     warnings.filterwarnings("ignore")
-    if args.device.startswith("cuda"):
-        import torch
+    import torch
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             print(f"--device {args.device}: CUDA is not available here.", file=sys.stderr)
             return 3
@@ -399,6 +427,7 @@ def worker_main(argv: Sequence[str]) -> int:
             args.save_dir,
             verify=not args.no_verify,
             profile=args.profile,
+            sample_interval=args.sample_ms / 1e3,
         )
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -20,6 +20,7 @@ __all__ = [
     "machine_info",
     "read_status",
     "reset_peak_rss",
+    "timed_read",
     "warm_page_cache",
 ]
 
@@ -68,7 +69,8 @@ class MemorySampler:
     large copy or a read (GIL released) it is ``interval``.
 
     Use as a context manager; ``peak_anon`` and ``peak_rss`` are bytes, ``samples`` the
-    number of readings taken.
+    number of readings taken. An ``interval`` of 0 starts no thread: only the readings at
+    entry, at exit and from explicit :meth:`sample` calls count.
     """
 
     def __init__(self, interval: float = 0.001):
@@ -99,12 +101,14 @@ class MemorySampler:
 
     def __enter__(self) -> "MemorySampler":
         self.sample()
-        self._thread.start()
+        if self.interval > 0:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self.sample()
         os.close(self._fd)
 
@@ -243,7 +247,7 @@ def machine_info() -> Dict[str, object]:
         "cpu_cores": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "mem_total_bytes": _mem_total(),
-        "os": f"{platform.system()} {platform.release()}",
+        "os": platform.system(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

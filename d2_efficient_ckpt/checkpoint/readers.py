@@ -27,6 +27,7 @@ from .safe_unpickle import (
     torch_safe_globals,
     unsafe_globals_from_error,
 )
+from .torch_zip import NotFastPath, load_torch_zip_mmap
 
 __all__ = ["OpenedCheckpoint", "open_checkpoint", "SafetensorsStateDict", "detect_format"]
 
@@ -151,6 +152,17 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
 
 
 def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
+    if mmap and weights_only:
+        try:
+            return load_torch_zip_mmap(path)
+        except NotFastPath as e:
+            logger.debug(f"{path}: fast reader declined ({e}); using torch.load")
+        except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as e:
+            raise CheckpointFormatError(
+                path,
+                f"the torch zip archive is unreadable ({e}).",
+                "The file may be truncated or corrupt.",
+            ) from None
     try:
         if weights_only:
             with torch_safe_globals():

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .arena import HostArena
 from .errors import PartialLoadError
 
 __all__ = ["model_device", "resolve_map_location", "materialize", "PartialLoadError"]
@@ -65,22 +66,43 @@ def materialize(obj: Any, device: torch.device) -> Any:
 
     0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
     The copy is the one write each tensor needs anyway, so nothing stays backed by the file.
+    Host tensors share one :class:`HostArena`, which keeps the page faults of that first
+    write few.
     """
+    host = []
+    _collect(obj, device, host)
+    arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
+    return _rebuild(obj, device, arena)
+
+
+def _collect(obj: Any, device: torch.device, out: list) -> None:
     if isinstance(obj, torch.Tensor):
-        dev = torch.device("cpu") if obj.dim() == 0 else device
-        out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
+        if obj.dim() > 0 and device.type == "cpu":
+            out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect(v, device, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _collect(v, device, out)
+
+
+def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() > 0 and arena is not None and device.type == "cpu":
+            out = arena.empty_like(obj)
+        else:
+            dev = torch.device("cpu") if obj.dim() == 0 else device
+            out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
         out.copy_(obj)
         return out
     if isinstance(obj, dict):
-        return (
-            type(obj)((k, materialize(v, device)) for k, v in obj.items())
-            if type(obj) is not dict
-            else {k: materialize(v, device) for k, v in obj.items()}
-        )
+        items = ((k, _rebuild(v, device, arena)) for k, v in obj.items())
+        return dict(items) if type(obj) is dict else type(obj)(items)
     if isinstance(obj, list):
-        return [materialize(v, device) for v in obj]
+        return [_rebuild(v, device, arena) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(materialize(v, device) for v in obj)
+        return tuple(_rebuild(v, device, arena) for v in obj)
     return obj
 
 
