@@ -23,6 +23,7 @@ from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointFormatError
 from .explain import explain
 from .policy import check_policy, enforce_policy
+from .prefetch import MappedFile
 from .readers import open_checkpoint
 from .report import LoadReport
 from .restore import (
@@ -32,6 +33,7 @@ from .restore import (
     materialize,
     resolve_map_location,
     shape_of,
+    tensors_in,
 )
 from .selection import TRAINER_PARTS, KeySelector, LoadOptions, select_trainer_state
 
@@ -69,6 +71,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         self.cfg = cfg
         self.load_options = LoadOptions.from_cfg(cfg)
         self.last_report: Optional[LoadReport] = None
+        self._mapping: Optional[MappedFile] = None  # of the file being loaded, for prefetch
         self._options = self.load_options
 
     @classmethod
@@ -145,6 +148,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         finally:
             self._parsed_url_during_load = None
             self._options = self.load_options
+            self._mapping = None
 
     def _load(self, path: str, wanted: List[str]) -> Dict[str, Any]:
         logger = self.logger
@@ -182,6 +186,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict[str, Any]:
         opts = self._options
         opened = open_checkpoint(filename, mmap=opts.mmap, weights_only=opts.weights_only)
+        self._mapping = opened.mapping
         data = opened.data
         if not isinstance(data, dict):
             raise CheckpointFormatError(filename, f"it holds a {type(data).__name__}, not a dict.")
@@ -266,6 +271,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 report.skipped[key] = why
             else:
                 report.missing.append(key)
+        if self._mapping is not None:
+            self._mapping.prefetch(to_copy.values())
         report.loaded = copy_into_model(self.model, to_copy, metadata)
         report.num_params_loaded = sum(model_sd[k].numel() for k in report.loaded)
         report.num_params_model = sum(t.numel() for t in model_sd.values())
@@ -366,15 +373,20 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 checkpoint.pop(key)
                 # Restoring every part passes the saved state through untouched, so trainers
                 # with extra state of their own get it back as with the stock class.
-                obj.load_state_dict(materialize(saved if whole else merged, device))
+                obj.load_state_dict(self._materialize(saved if whole else merged, device))
                 report.checkpointables[key] = "restored" if whole else "partial"
                 continue
             if key not in wanted:
                 report.checkpointables[key] = "skipped"
                 continue
             self.logger.info(f"Loading {key} from {path} ...")
-            obj.load_state_dict(materialize(checkpoint.pop(key), device))
+            obj.load_state_dict(self._materialize(checkpoint.pop(key), device))
             report.checkpointables[key] = "restored"
+
+    def _materialize(self, state: Any, device: torch.device) -> Any:
+        if self._mapping is not None:
+            self._mapping.prefetch(tensors_in(state))
+        return materialize(state, device)
 
     @property
     def restored_iteration(self) -> bool:

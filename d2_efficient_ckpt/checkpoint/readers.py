@@ -16,11 +16,12 @@ import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
 from .errors import CheckpointFormatError, UnsafeCheckpointError
+from .prefetch import MappedFile
 from .safe_unpickle import (
     SafeGlobalError,
     restricted_pickle_load,
@@ -61,6 +62,7 @@ class OpenedCheckpoint:
             ``pkl-caffe2``, ``pyth``.
         lazy: whether tensors are still backed by the file (read on first use).
         pickle_free: whether no pickle was involved in reading it.
+        mapping: the file mapping its tensors view, when known, for prefetching.
     """
 
     path: str
@@ -69,6 +71,7 @@ class OpenedCheckpoint:
     lazy: bool
     pickle_free: bool = False
     metadata: Dict[str, str] = field(default_factory=dict)
+    mapping: Optional[MappedFile] = None
 
 
 def detect_format(path: str) -> str:
@@ -147,14 +150,10 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     if fmt == "torch-legacy":
         logger.info(f"{path} uses torch's legacy (pre-zip) format: reading it eagerly.")
     use_mmap = mmap and fmt == "torch-zip"
-    data = _torch_load(path, mmap=use_mmap, weights_only=weights_only)
-    return OpenedCheckpoint(path, data, fmt, lazy=use_mmap)
-
-
-def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
-    if mmap and weights_only:
+    mapping = None
+    if use_mmap and weights_only:
         try:
-            return load_torch_zip_mmap(path)
+            data, mapping = load_torch_zip_mmap(path)
         except NotFastPath as e:
             logger.debug(f"{path}: fast reader declined ({e}); using torch.load")
         except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as e:
@@ -163,6 +162,12 @@ def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
                 f"the torch zip archive is unreadable ({e}).",
                 "The file may be truncated or corrupt.",
             ) from None
+    if mapping is None:
+        data = _torch_load(path, mmap=use_mmap, weights_only=weights_only)
+    return OpenedCheckpoint(path, data, fmt, lazy=use_mmap, mapping=mapping)
+
+
+def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
     try:
         if weights_only:
             with torch_safe_globals():

@@ -6,7 +6,7 @@ checkpoint is ever built.
 """
 
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,13 @@ import torch.nn as nn
 from .arena import HostArena
 from .errors import PartialLoadError
 
-__all__ = ["model_device", "resolve_map_location", "materialize", "PartialLoadError"]
+__all__ = [
+    "model_device",
+    "resolve_map_location",
+    "materialize",
+    "tensors_in",
+    "PartialLoadError",
+]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -69,22 +75,21 @@ def materialize(obj: Any, device: torch.device) -> Any:
     Host tensors share one :class:`HostArena`, which keeps the page faults of that first
     write few.
     """
-    host = []
-    _collect(obj, device, host)
+    host = [t for t in tensors_in(obj) if t.dim() > 0] if device.type == "cpu" else []
     arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
     return _rebuild(obj, device, arena)
 
 
-def _collect(obj: Any, device: torch.device, out: list) -> None:
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested structure of dicts, lists and tuples."""
     if isinstance(obj, torch.Tensor):
-        if obj.dim() > 0 and device.type == "cpu":
-            out.append(obj)
+        yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            _collect(v, device, out)
+            yield from tensors_in(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _collect(v, device, out)
+            yield from tensors_in(v)
 
 
 def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena]) -> Any:
