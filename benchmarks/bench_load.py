@@ -56,7 +56,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N' (model's device)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per warm case (5)")
-    p.add_argument("--evicted-repeats", type=int, default=None, help="repeats per evicted case (3)")
+    p.add_argument("--evicted-repeats", type=int, default=None, help="repeats per evicted case (5)")
     p.add_argument("--quick", action="store_true", help="2 warm and 1 evicted repeat")
     p.add_argument(
         "--ckpt",
@@ -387,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: --device must be 'cpu' or 'cuda:N', not {device!r}", file=sys.stderr)
         return 2
     warm_n = args.repeats or (2 if args.quick else 5)
-    evicted_n = args.evicted_repeats or (1 if args.quick else 3)
+    evicted_n = args.evicted_repeats or (1 if args.quick else 5)
     t_start = time.perf_counter()
     info = procmem.machine_info()
     tmp = tempfile.mkdtemp(prefix="d2ckpt-loadbench-")

@@ -7,13 +7,15 @@ tensors' ranges are announced, so keys left out are still never read.
 """
 
 import os
-from typing import Iterable, List, Tuple
+import threading
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 
 __all__ = ["MappedFile"]
 
 _MERGE_GAP = 1 << 20  # bytes; closer ranges are read as one
+_CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
 
 
 class MappedFile:
@@ -47,18 +49,35 @@ class MappedFile:
                 merged.append([a, b])
         return [(a, b - a) for a, b in merged]
 
-    def prefetch(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Start asynchronous reads of the tensors' bytes; a no-op where unsupported."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
-            return
+    def prefetch(self, tensors: Iterable[torch.Tensor]) -> Optional[threading.Thread]:
+        """Start asynchronous reads of the tensors' bytes; a no-op where unsupported.
+
+        The advice is issued from a background thread in file order, chunk by chunk, so
+        the caller's copy (in the same order) overlaps with the reads instead of waiting
+        for all of them to be queued.
+
+        Returns:
+            The thread issuing the advice, or ``None`` when there was nothing to do.
+        """
+        if getattr(os, "posix_fadvise", None) is None:
+            return None
+        ranges = self.ranges(tensors)
+        if not ranges:
+            return None
+        thread = threading.Thread(target=self._advise, args=(ranges,), daemon=True)
+        thread.start()
+        return thread
+
+    def _advise(self, ranges: List[Tuple[int, int]]) -> None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return
         try:
-            for offset, length in self.ranges(tensors):
-                advise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            for offset, length in ranges:
+                for start in range(offset, offset + length, _CHUNK):
+                    n = min(_CHUNK, offset + length - start)
+                    os.posix_fadvise(fd, start, n, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass  # advice only
         finally:
