@@ -3,6 +3,7 @@
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -361,3 +362,43 @@ def test_failure_midway_says_model_is_partly_loaded(tmp_path):
     assert "disk went away" in str(e.value)
     # The first layer was written before the failure: exactly what the message warns about.
     assert torch.equal(dst[0].weight, src[0].weight)
+
+
+def _caffe2_name(key):
+    """detectron2 ResNet key -> Caffe2/Detectron1 blob name (conv weights and norm affine)."""
+    parts = key.split(".")
+    if parts[0] == "stem":
+        base, rest = "conv1", parts[2:]
+        bn = "res_conv1_bn"
+    else:
+        conv = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}
+        branch = "branch1" if parts[2] == "shortcut" else conv[parts[2]]
+        base = f"{parts[0]}_{parts[1]}_{branch}"
+        bn, rest = base + "_bn", parts[3:]
+    if rest == ["weight"]:
+        return base + "_w"
+    return {("norm", "weight"): bn + "_s", ("norm", "bias"): bn + "_b"}.get(tuple(rest))
+
+
+def test_caffe2_zoo_pkl_matches_stock(tmp_path, saved, fresh):
+    import pickle
+
+    path, model, _ = saved
+    prefix = "backbone.bottom_up."
+    blobs = {}
+    for k, v in model.state_dict().items():
+        name = _caffe2_name(k[len(prefix) :]) if k.startswith(prefix) else None
+        if name:
+            blobs[name] = v.numpy()
+    blobs["conv1_w_momentum"] = np.zeros(1, np.float32)  # dropped, as detectron2 does
+    with open(tmp_path / "R-18.pkl", "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+    ours, stock = fresh(), fresh()
+    ck = EfficientDetectionCheckpointer(ours)
+    ck.load(str(tmp_path / "R-18.pkl"))
+    DetectionCheckpointer(stock).load(str(tmp_path / "R-18.pkl"))
+    assert ck.last_report.format == "pkl-caffe2"
+    assert_same_weights(ours, stock)
+    converted = [k for k in ck.last_report.loaded if k.startswith(prefix)]
+    assert len(converted) == len(blobs) - 1
+    assert_same_weights(ours, model, converted)

@@ -87,3 +87,30 @@ def test_missing_config_file():
     r = _run("--config-file", "/nonexistent/config.yaml")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "/nonexistent/config.yaml" in r.stderr
+
+
+def test_mismatch_policy_error_stops_before_training(toy_config, tmp_path):
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    other = build_model(tiny_frcnn_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 7}))
+    DetectionCheckpointer(other, str(tmp_path)).save("seven_classes")
+    weights = str(tmp_path / "seven_classes.pth")
+    out = str(tmp_path / "out")
+    base = ["--config-file", str(toy_config), "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights]
+    r = _run(*base, "CHECKPOINT.LOAD.ON_MISMATCH", "error")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "roi_heads.box_predictor" in r.stderr and "ALLOW_MISMATCH" in r.stderr
+    assert "Starting training" not in r.stdout + r.stderr
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    assert os.path.isfile(os.path.join(out, "load_report_seven_classes.json"))
+    r = _run(
+        *base,
+        "CHECKPOINT.LOAD.ON_MISMATCH",
+        "error",
+        "CHECKPOINT.LOAD.ALLOW_MISMATCH",
+        "['roi_heads.box_predictor.*']",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["iteration"] == 1
