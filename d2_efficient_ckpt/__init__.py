@@ -5,6 +5,7 @@ Importing the package registers its checkpointer(s) in ``CHECKPOINTER_REGISTRY``
 dataset formats in ``DATASET_FORMAT_REGISTRY``.
 """
 
+from . import data  # noqa: F401  (registers the dataset formats)
 from .checkpoint import (
     CHECKPOINTER_REGISTRY,
     EfficientDetectionCheckpointer,

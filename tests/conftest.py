@@ -35,6 +35,11 @@ def tiny_frcnn_cfg(**overrides):
     cfg.DATALOADER.NUM_WORKERS = 0
     # Load reports are written to OUTPUT_DIR; keep them out of the working tree.
     cfg.OUTPUT_DIR = tempfile.mkdtemp(prefix="d2ec_test_")
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg, overrides):
+    """Set dotted keys, e.g. ``{"MODEL.ROI_HEADS.NUM_CLASSES": 5}``, with Python values."""
     for key, value in overrides.items():
         node = cfg
         *path, last = key.split(".")

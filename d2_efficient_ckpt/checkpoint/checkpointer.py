@@ -18,6 +18,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils import comm
 from fvcore.common.checkpoint import _IncompatibleKeys
+from torch.nn.parallel import DistributedDataParallel
 
 from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointFormatError
@@ -67,6 +68,9 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         cfg=None,
         **checkpointables: Any,
     ):
+        # A DDP-wrapped model means every rank loads together, so a collective check is safe;
+        # a bare model may be loaded by one rank alone (e.g. for visualization).
+        self._collective = isinstance(model, DistributedDataParallel)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.cfg = cfg
         self.load_options = LoadOptions.from_cfg(cfg)
@@ -160,7 +164,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         parsed = urlparse(path)
         self._parsed_url_during_load = parsed
         local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
-        if comm.get_world_size() > 1:
+        if self._collective and comm.get_world_size() > 1:
             self._check_all_ranks_have(local)
         checkpoint = self._load_file(local)
         self.last_report = LoadReport(path=local, format=checkpoint.pop("__format__", ""))

@@ -3,7 +3,7 @@
 
 import re
 from collections import Counter
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .explain import ExplainContext, Explanation, recogniser
 from .naming import rules_text
@@ -45,10 +45,18 @@ def wrapper_prefix(ctx: ExplainContext) -> List[Explanation]:
     return out
 
 
-def _strip_prefix(unexpected: Sequence[str], missing: Sequence[str]) -> List[Explanation]:
-    targets, found = set(missing), Counter()
+def _common_wrapper(
+    wrapped: Sequence[str], bare: Sequence[str]
+) -> Optional[Tuple[str, List[Tuple[str, str]]]]:
+    """The prefix that most keys of ``wrapped`` carry in front of a key of ``bare``.
+
+    Returns:
+        ``(prefix, [(wrapped key, bare key), ...])``, or ``None`` when no prefix explains
+        at least half of the smaller side.
+    """
+    targets, found = set(bare), Counter()
     pairs: Dict[str, List[Tuple[str, str]]] = {}
-    for key in unexpected:
+    for key in wrapped:
         parts = key.split(".")
         for i in range(1, len(parts)):
             rest = ".".join(parts[i:])
@@ -58,10 +66,19 @@ def _strip_prefix(unexpected: Sequence[str], missing: Sequence[str]) -> List[Exp
                 pairs.setdefault(wrapper, []).append((key, rest))
                 break
     if not found:
-        return []
+        return None
     wrapper, n = found.most_common(1)[0]
-    if n * 2 < min(len(unexpected), len(missing)):
+    if n * 2 < min(len(wrapped), len(bare)):
+        return None
+    return wrapper, pairs[wrapper]
+
+
+def _strip_prefix(unexpected: Sequence[str], missing: Sequence[str]) -> List[Explanation]:
+    match = _common_wrapper(unexpected, missing)
+    if match is None:
         return []
+    wrapper, matched = match
+    n = len(matched)
     rules = [[f"^{re.escape(wrapper)}", ""]]
     return [
         Explanation(
@@ -74,28 +91,18 @@ def _strip_prefix(unexpected: Sequence[str], missing: Sequence[str]) -> List[Exp
             ),
             fix=f"Load with CHECKPOINT.LOAD.RENAME {rules_text(rules)}.",
             config={"CHECKPOINT.LOAD.RENAME": rules},
-            covered=[k for pair in pairs[wrapper] for k in pair],
+            covered=[k for pair in matched for k in pair],
         )
     ]
 
 
 def _add_prefix(unexpected: Sequence[str], missing: Sequence[str]) -> List[Explanation]:
-    sources, found = set(unexpected), Counter()
-    pairs: Dict[str, List[Tuple[str, str]]] = {}
-    for key in missing:
-        parts = key.split(".")
-        for i in range(1, len(parts)):
-            rest = ".".join(parts[i:])
-            if rest in sources:
-                wrapper = ".".join(parts[:i]) + "."
-                found[wrapper] += 1
-                pairs.setdefault(wrapper, []).append((rest, key))
-                break
-    if not found:
+    match = _common_wrapper(missing, unexpected)
+    if match is None:
         return []
-    wrapper, n = found.most_common(1)[0]
-    if n * 2 < min(len(unexpected), len(missing)):
-        return []
+    wrapper, matched = match
+    n = len(matched)
+    pairs = {wrapper: [(ck, key) for key, ck in matched]}  # (checkpoint key, model key)
     heads = sorted({ck.split(".")[0] for ck, _ in pairs[wrapper]})
     rules = [[f"^({'|'.join(re.escape(h) for h in heads)})\\.", f"{wrapper}\\1."]]
     return [

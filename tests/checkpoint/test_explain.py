@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, add_efficient_ckpt_config
 from d2_efficient_ckpt.checkpoint.explain import explain
-from tests.conftest import REPO, tiny_frcnn_cfg
+from tests.conftest import REPO, apply_overrides, tiny_frcnn_cfg
 
 R50_CONFIG = os.path.join(REPO, "configs", "faster_rcnn_R50_FPN_custom.yaml")
 PREDICTOR = {
@@ -28,13 +28,7 @@ def r50_cfg(**overrides):
     cfg = add_efficient_ckpt_config(get_cfg())
     cfg.merge_from_file(R50_CONFIG)
     cfg.MODEL.DEVICE = "cpu"
-    for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return cfg
+    return apply_overrides(cfg, overrides)
 
 
 def build(make_cfg, **overrides):
