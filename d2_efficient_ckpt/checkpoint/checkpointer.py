@@ -265,10 +265,9 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             if src_dtype is not None and src_dtype != target.dtype:
                 report.dtype_changed.append((key, str(src_dtype), str(target.dtype)))
             to_copy[key] = as_tensor(state[ck])
+        mismatched = {k for k, _, _ in report.shape_mismatch}
         for key in model_sd:
-            if key in to_copy or key in report.skipped:
-                continue
-            if key in {m for m, _, _ in report.shape_mismatch}:
+            if key in to_copy or key in report.skipped or key in mismatched:
                 continue
             why = selector.why_skipped(key)
             if why:
