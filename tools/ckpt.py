@@ -10,7 +10,13 @@ Examples:
     python tools/ckpt.py strip --fp16 output/model_final.pth deploy.safetensors
 """
 
-from d2_efficient_ckpt.cli import main
+import warnings
+
+# torch warns at import time that detectron2's use of torch.jit.script is deprecated; a
+# command-line tool's output is no place for that.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+
+from d2_efficient_ckpt.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())
