@@ -5,29 +5,14 @@ tensor, most of that time is first-touch page faults on 4 KiB pages; one buffer 
 with ``MADV_HUGEPAGE`` faults in 2 MiB pages instead, about 500 times fewer.
 """
 
-import ctypes
-import ctypes.util
-import sys
-from typing import Optional
-
 import torch
+
+from .vm import MADV_HUGEPAGE, madvise
 
 __all__ = ["HostArena"]
 
-_MADV_HUGEPAGE = 14
 _HUGE = 2 << 20
 _ALIGN = 64  # bytes; a multiple of every dtype's size, and a cache line
-_libc: Optional[ctypes.CDLL] = None
-
-
-def _advise_hugepages(ptr: int, nbytes: int) -> None:
-    global _libc
-    if not sys.platform.startswith("linux") or nbytes < _HUGE:
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    # Advice only; a kernel without THP (or with it off) just ignores it.
-    _libc.madvise(ctypes.c_void_p(ptr), ctypes.c_size_t(nbytes), _MADV_HUGEPAGE)
 
 
 class HostArena:
@@ -41,7 +26,8 @@ class HostArena:
         self._buf = torch.empty(nbytes + _HUGE, dtype=torch.uint8)
         start = self._buf.data_ptr()
         self._pos = (-start) % _HUGE  # first byte on a 2 MiB boundary
-        _advise_hugepages(start + self._pos, nbytes)
+        if nbytes >= _HUGE:
+            madvise(start + self._pos, nbytes, MADV_HUGEPAGE)
 
     @staticmethod
     def footprint(t: torch.Tensor) -> int:
