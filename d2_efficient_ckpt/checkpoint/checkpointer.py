@@ -387,9 +387,13 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             report.checkpointables[key] = "restored"
 
     def _materialize(self, state: Any, device: torch.device) -> Any:
-        if self._mapping is not None:
-            self._mapping.prefetch(tensors_in(state))
-        return materialize(state, device)
+        if self._mapping is None:
+            return materialize(state, device)
+        if device.type != "cpu":
+            self._mapping.prefetch(tensors_in(state))  # copies to the device fault it in
+            return materialize(state, device)
+        with self._mapping.reader() as reader:
+            return materialize(state, device, reader)
 
     @property
     def restored_iteration(self) -> bool:

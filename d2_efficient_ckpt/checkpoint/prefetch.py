@@ -6,13 +6,14 @@ stream them with large, asynchronous reads while the copy runs. Only the selecte
 tensors' ranges are announced, so keys left out are still never read.
 """
 
+import ctypes
 import os
 import threading
 from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-__all__ = ["MappedFile"]
+__all__ = ["MappedFile", "FileReader"]
 
 _MERGE_GAP = 1 << 20  # bytes; closer ranges are read as one
 _CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
@@ -82,3 +83,58 @@ class MappedFile:
             pass  # advice only
         finally:
             os.close(fd)
+
+    def reader(self) -> "FileReader":
+        """A :class:`FileReader` over this file (use as a context manager)."""
+        return FileReader(self)
+
+
+class FileReader:
+    """Reads tensors that view a :class:`MappedFile` straight into other host tensors.
+
+    ``pread`` into the destination asks the kernel for exactly the tensor's bytes in large
+    requests: no page faults on the mapping and no read-ahead past the tensor.
+    """
+
+    def __init__(self, mapped: MappedFile):
+        self.mapped = mapped
+        self._fd = -1
+
+    def __enter__(self) -> "FileReader":
+        try:
+            self._fd = os.open(self.mapped.path, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+        except OSError:
+            self._fd = -1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_into(self, dst: torch.Tensor, src: torch.Tensor) -> bool:
+        """Fill ``dst`` with ``src``'s bytes from the file; ``False`` if that cannot apply."""
+        n = src.numel() * src.element_size()
+        if (
+            self._fd < 0
+            or n == 0
+            or dst.device.type != "cpu"
+            or src.device.type != "cpu"
+            or dst.dtype != src.dtype
+            or dst.shape != src.shape
+            or not (dst.is_contiguous() and src.is_contiguous())
+        ):
+            return False
+        offset = src.data_ptr() - self.mapped.base_ptr
+        if offset < 0 or offset + n > self.mapped.size:
+            return False
+        view = memoryview((ctypes.c_char * n).from_address(dst.data_ptr())).cast("B")
+        done = 0
+        while done < n:
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                return False  # the file shrank; the caller copies from the mapping instead
+            done += got
+        return True

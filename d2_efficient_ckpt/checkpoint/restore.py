@@ -67,17 +67,23 @@ def resolve_map_location(map_location: str, model: nn.Module) -> torch.device:
     return dev
 
 
-def materialize(obj: Any, device: torch.device) -> Any:
+def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) -> Any:
     """Copy every tensor in a nested structure into fresh memory on ``device``.
 
     0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
     The copy is the one write each tensor needs anyway, so nothing stays backed by the file.
     Host tensors share one :class:`HostArena`, which keeps the page faults of that first
     write few.
+
+    Args:
+        obj: dicts, lists and tuples of tensors and other values.
+        device: where non-scalar tensors go.
+        reader: optional ``prefetch.FileReader``; host tensors that view its file are read
+            from the file into their destination instead of copied from the mapping.
     """
     host = [t for t in tensors_in(obj) if t.dim() > 0] if device.type == "cpu" else []
     arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
-    return _rebuild(obj, device, arena)
+    return _rebuild(obj, device, arena, reader)
 
 
 def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
@@ -92,22 +98,23 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(v)
 
 
-def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena]) -> Any:
+def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         if obj.dim() > 0 and arena is not None and device.type == "cpu":
             out = arena.empty_like(obj)
         else:
             dev = torch.device("cpu") if obj.dim() == 0 else device
             out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
-        out.copy_(obj)
+        if reader is None or not reader.read_into(out, obj):
+            out.copy_(obj)
         return out
     if isinstance(obj, dict):
-        items = ((k, _rebuild(v, device, arena)) for k, v in obj.items())
+        items = ((k, _rebuild(v, device, arena, reader)) for k, v in obj.items())
         return dict(items) if type(obj) is dict else type(obj)(items)
     if isinstance(obj, list):
-        return [_rebuild(v, device, arena) for v in obj]
+        return [_rebuild(v, device, arena, reader) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_rebuild(v, device, arena) for v in obj)
+        return tuple(_rebuild(v, device, arena, reader) for v in obj)
     return obj
 
 
