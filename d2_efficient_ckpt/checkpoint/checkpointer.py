@@ -76,6 +76,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         self.load_options = LoadOptions.from_cfg(cfg)
         self.last_report: Optional[LoadReport] = None
         self._mapping: Optional[MappedFile] = None  # of the file being loaded, for prefetch
+        self._wanted: List[str] = []  # checkpointables (or trainer parts) of the current load
         self._options = self.load_options
 
     @classmethod
@@ -147,6 +148,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             allow_mismatch=allow_mismatch,
         )
         wanted = list(self._options.checkpointables if checkpointables is None else checkpointables)
+        self._wanted = wanted
         try:
             return self._load(path, wanted)
         finally:
@@ -275,7 +277,11 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             else:
                 report.missing.append(key)
         if self._mapping is not None:
+            if report.skipped:
+                self._mapping.read_only_what_is_used()
             self._mapping.prefetch(to_copy.values())
+            # The entries a resume restores next are read from disk while the model copies.
+            self._mapping.prefetch(self._wanted_entry_tensors(checkpoint))
         report.loaded = copy_into_model(self.model, to_copy, metadata)
         report.num_params_loaded = sum(model_sd[k].numel() for k in report.loaded)
         report.num_params_model = sum(t.numel() for t in model_sd.values())
@@ -385,6 +391,21 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             self.logger.info(f"Loading {key} from {path} ...")
             obj.load_state_dict(self._materialize(checkpoint.pop(key), device))
             report.checkpointables[key] = "restored"
+
+    def _wanted_entry_tensors(self, checkpoint: Dict[str, Any]) -> List[torch.Tensor]:
+        wanted = self._wanted
+        out: List[torch.Tensor] = []
+        for key in self.checkpointables:
+            saved = checkpoint.get(key)
+            if saved is None:
+                continue
+            if key == "trainer" and isinstance(saved, dict):
+                parts = ["trainer"] if "trainer" in wanted else wanted
+                saved, _ = select_trainer_state(saved, {}, parts)
+            elif key not in wanted:
+                continue
+            out.extend(tensors_in(saved))
+        return out
 
     def _materialize(self, state: Any, device: torch.device) -> Any:
         if self._mapping is None:

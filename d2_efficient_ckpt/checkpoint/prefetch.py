@@ -13,6 +13,8 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
+from .vm import MADV_RANDOM, madvise
+
 __all__ = ["MappedFile", "FileReader"]
 
 _MERGE_GAP = 1 << 20  # bytes; closer ranges are read as one
@@ -83,6 +85,15 @@ class MappedFile:
             pass  # advice only
         finally:
             os.close(fd)
+
+    def read_only_what_is_used(self) -> None:
+        """Turn off the kernel's read-around for faults on this mapping.
+
+        Read-around (up to the device's read-ahead size, often megabytes) keeps a full load
+        fast when the copy outruns :meth:`prefetch`, but reads past the tensors asked for. A
+        load that leaves keys out sets this, so that the keys it leaves out stay on disk.
+        """
+        madvise(self.base_ptr, self.size, MADV_RANDOM)
 
     def reader(self) -> "FileReader":
         """A :class:`FileReader` over this file (use as a context manager)."""

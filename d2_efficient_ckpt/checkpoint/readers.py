@@ -29,7 +29,6 @@ from .safe_unpickle import (
     unsafe_globals_from_error,
 )
 from .torch_zip import NotFastPath, load_torch_zip_mmap
-from .vm import MADV_RANDOM, madvise
 
 __all__ = ["OpenedCheckpoint", "open_checkpoint", "SafetensorsStateDict", "detect_format"]
 
@@ -262,7 +261,6 @@ class SafetensorsStateDict(Mapping):
     def _buffer(self) -> torch.Tensor:
         if self._bytes is None:
             storage = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self._size)
-            madvise(storage.data_ptr(), self._size, MADV_RANDOM)  # read only the keys used
             self._bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
         return self._bytes
 

@@ -22,7 +22,6 @@ import torch
 
 from .prefetch import MappedFile
 from .safe_unpickle import RestrictedUnpickler, SafeGlobalError
-from .vm import MADV_RANDOM, madvise
 
 __all__ = ["NotFastPath", "load_torch_zip_mmap"]
 
@@ -151,7 +150,4 @@ def load_torch_zip_mmap(path: str) -> Tuple[Any, MappedFile]:
         obj = _Unpickler(io.BytesIO(pkl), load_storage).load()
     except (pickle.UnpicklingError, KeyError, AttributeError, TypeError) as e:
         raise NotFastPath(str(e)) from None
-    # Tensors left out of a load must stay on disk: without this, the kernel's read-around
-    # on the faults of a copy reads megabytes past the tensors that were asked for.
-    madvise(whole.data_ptr(), size, MADV_RANDOM)
     return obj, MappedFile(path, whole.data_ptr(), size)
