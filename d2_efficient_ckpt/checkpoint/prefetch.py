@@ -17,7 +17,9 @@ from .vm import MADV_RANDOM, madvise
 
 __all__ = ["MappedFile", "FileReader"]
 
-_MERGE_GAP = 1 << 20  # bytes; closer ranges are read as one
+# Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
+# a left-out tensor any larger is not.
+_MERGE_GAP = 4096
 _CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
 
 
