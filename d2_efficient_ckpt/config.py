@@ -20,10 +20,10 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     Returns:
         The same ``cfg``, for chaining.
     """
-    _c = cfg
-    if "CHECKPOINT" not in _c:
-        _c.CHECKPOINT = CN()
-    ck = _c.CHECKPOINT
+
+    if "CHECKPOINT" not in cfg:
+        cfg.CHECKPOINT = CN()
+    ck = cfg.CHECKPOINT
     # Registered name in CHECKPOINTER_REGISTRY of the checkpointer class to build.
     ck.setdefault("NAME", "EfficientDetectionCheckpointer")
 
@@ -51,7 +51,7 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     # Glob patterns of keys whose incompatibility is tolerated even under ON_MISMATCH "error".
     ld.setdefault("ALLOW_MISMATCH", [])
 
-    ds = _c.DATASETS
+    ds = cfg.DATASETS
     if "CUSTOM" not in ds:
         # One child per dataset name, each with FORMAT, ANN_FILE and IMAGE_ROOT.
         ds.CUSTOM = CN(new_allowed=True)
