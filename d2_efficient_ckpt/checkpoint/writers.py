@@ -4,12 +4,13 @@ Both writers go through a temporary file that replaces the target only when comp
 interrupted conversion never leaves a truncated checkpoint behind.
 """
 
+import contextlib
 import json
 import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -17,9 +18,34 @@ from tqdm import tqdm
 from .readers import _SAFETENSORS_DTYPES
 from .restore import as_tensor, dtype_of, shape_of
 
-__all__ = ["TensorEntry", "entries_of", "write_safetensors", "write_torch", "compact"]
+__all__ = [
+    "TensorEntry",
+    "entries_of",
+    "write_safetensors",
+    "write_torch",
+    "compact",
+    "byte_progress",
+]
 
 _CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items() if dtype is not None}
+
+
+def byte_progress(total: int, desc: str = "", enabled: bool = True) -> tqdm:
+    """A tqdm bar counting bytes; silent when not ``enabled``."""
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc or None, disable=not enabled)
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str) -> Iterator[str]:
+    """A temporary path that replaces ``path`` only if the block completes."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 @dataclass
@@ -98,14 +124,8 @@ def write_safetensors(
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # keeps tensor data 8-byte aligned
-    tmp = path + ".tmp"
-    try:
-        with (
-            open(tmp, "wb") as f,
-            tqdm(
-                total=offset, unit="B", unit_scale=True, desc=desc or None, disable=not progress
-            ) as bar,
-        ):
+    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with byte_progress(offset, desc, progress) as bar:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for e in entries:
@@ -115,11 +135,6 @@ def write_safetensors(
                 data = t.reshape(-1).view(torch.uint8).numpy()
                 f.write(memoryview(data))
                 bar.update(data.nbytes)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return 8 + len(raw) + offset
 
 
@@ -138,22 +153,10 @@ def write_torch(
     """
     entries = list(entries)
     model: Dict[str, torch.Tensor] = {}
-    with tqdm(
-        total=sum(e.nbytes for e in entries),
-        unit="B",
-        unit_scale=True,
-        desc=desc or None,
-        disable=not progress,
-    ) as bar:
+    with byte_progress(sum(e.nbytes for e in entries), desc, progress) as bar:
         for e in entries:
             model[e.key] = compact(e.fetch().to(e.dtype))
             bar.update(e.nbytes)
-    tmp = path + ".tmp"
-    try:
+    with _atomic_path(path) as tmp:
         torch.save({"model": model, **(extra or {})}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return os.path.getsize(path)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.readers import SafetensorsStateDict, detect_format, open_checkpoint
 from ..checkpoint.restore import as_tensor
+from ..checkpoint.writers import byte_progress
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
 
 EXAMPLES = """\
@@ -39,16 +40,7 @@ def register(sub, common) -> None:
 
 def _sha256(path: str, progress: bool) -> str:
     h = hashlib.sha256()
-    with (
-        open(path, "rb") as f,
-        tqdm(
-            total=os.path.getsize(path),
-            unit="B",
-            unit_scale=True,
-            desc="sha256",
-            disable=not progress,
-        ) as bar,
-    ):
+    with open(path, "rb") as f, byte_progress(os.path.getsize(path), "sha256", progress) as bar:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
             bar.update(len(block))
