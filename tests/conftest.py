@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import uuid
 
 import pytest
 import torch
@@ -53,3 +54,21 @@ def apply_overrides(cfg, overrides):
 def tiny_cfg():
     """Factory: ``tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5})``."""
     return tiny_frcnn_cfg
+
+
+def train_on_toy(cfg, toy_root, prefix="toy"):
+    """Make ``cfg`` train on the train split of a generated toy dataset, and test on nothing.
+
+    The dataset gets a process-unique name, since detectron2's catalogs are process-global.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    cfg.DATASETS.CUSTOM.clear()
+    cfg.DATASETS.CUSTOM[name] = type(cfg)(
+        {
+            "FORMAT": "coco",
+            "ANN_FILE": str(toy_root / "annotations" / "train.json"),
+            "IMAGE_ROOT": str(toy_root / "images" / "train"),
+        }
+    )
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), ()
+    return cfg

@@ -1,7 +1,6 @@
 """CHECKPOINT.LOAD.ON_MISMATCH and ALLOW_MISMATCH: warn, error, ignore."""
 
 import logging
-import uuid
 
 import pytest
 from detectron2.utils import comm
@@ -10,6 +9,7 @@ from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError, CheckpointPolicyError
 from d2_efficient_ckpt.checkpoint.policy import check_policy, enforce_policy
 from d2_efficient_ckpt.checkpoint.report import LoadReport
+from tests.conftest import train_on_toy
 
 PREDICTOR = "roi_heads.box_predictor.*"
 
@@ -102,16 +102,7 @@ def test_trainer_stops_before_the_first_iteration(saved, tiny_cfg, tmp_path):
     toy = tmp_path / "toy"
     generate_toy_dataset(str(toy), num_train=2, num_val=1, size=64, seed=0)
     cfg = tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5, "OUTPUT_DIR": str(tmp_path / "out")})
-    name = "policy_" + uuid.uuid4().hex[:8]
-    cfg.DATASETS.CUSTOM.clear()
-    cfg.DATASETS.CUSTOM[name] = type(cfg)(
-        {
-            "FORMAT": "coco",
-            "ANN_FILE": str(toy / "annotations" / "train.json"),
-            "IMAGE_ROOT": str(toy / "images" / "train"),
-        }
-    )
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (name,), ()
+    train_on_toy(cfg, toy, prefix="policy")
     cfg.DATASETS.NUM_CLASSES_FROM_DATA = True  # the toy data has 3 classes, the checkpoint 3
     cfg.MODEL.WEIGHTS = path
     cfg.CHECKPOINT.LOAD.ON_MISMATCH = "error"

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import uuid
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from detectron2.engine import hooks
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from tests.conftest import train_on_toy
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +21,7 @@ def toy(tmp_path_factory):
 
 
 def _cfg(tiny_cfg, toy, out, max_iter, **overrides):
-    cfg = tiny_cfg(**overrides)
-    # Unique names per output dir: the catalogs are process-global.
-    name = "toy_e2e_" + uuid.uuid4().hex[:8]
-    cfg.DATASETS.CUSTOM.clear()
-    cfg.DATASETS.CUSTOM[name] = type(cfg)(
-        {
-            "FORMAT": "coco",
-            "ANN_FILE": str(toy / "annotations" / "train.json"),
-            "IMAGE_ROOT": str(toy / "images" / "train"),
-        }
-    )
-    cfg.DATASETS.TRAIN = (name,)
-    cfg.DATASETS.TEST = ()
+    cfg = train_on_toy(tiny_cfg(**overrides), toy, prefix="toy_e2e")
     cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.CHECKPOINT_PERIOD = 2
     cfg.SOLVER.WARMUP_ITERS = 2
