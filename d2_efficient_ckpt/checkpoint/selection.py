@@ -8,7 +8,7 @@ iteration, hooks and the AMP grad scaler.
 
 import fnmatch
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["LoadOptions", "KeySelector", "TRAINER_PARTS", "select_trainer_state"]
@@ -51,7 +51,6 @@ class LoadOptions:
     select_on_resume: bool = False
     on_mismatch: str = "warn"
     allow_mismatch: Tuple[str, ...] = ()
-    extra: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_cfg(cls, cfg) -> "LoadOptions":

@@ -67,3 +67,12 @@ def test_bad_rename_rules_are_explained():
         LoadOptions().override(rename=[["only-one"]])
     with pytest.raises(ValueError, match="invalid"):
         LoadOptions().override(rename=[["(unclosed", "x"]])
+
+
+def test_load_options_defaults_are_the_config_defaults():
+    from detectron2.config import get_cfg
+
+    from d2_efficient_ckpt import add_efficient_ckpt_config
+
+    # A checkpointer built without a cfg must behave as one built from the default config.
+    assert LoadOptions() == LoadOptions.from_cfg(add_efficient_ckpt_config(get_cfg()))
