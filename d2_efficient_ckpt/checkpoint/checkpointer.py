@@ -10,7 +10,7 @@ Differences from the stock class, all on by default and all configurable:
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlparse
 
 import torch
@@ -77,6 +77,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         self.last_report: Optional[LoadReport] = None
         self._mapping: Optional[MappedFile] = None  # of the file being loaded, for prefetch
         self._wanted: List[str] = []  # checkpointables (or trainer parts) of the current load
+        self._model_shapes: Dict[str, Tuple[int, ...]] = {}  # of the current load, for explain
         self._options = self.load_options
 
     @classmethod
@@ -155,6 +156,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             self._parsed_url_during_load = None
             self._options = self.load_options
             self._mapping = None
+            self._model_shapes = {}
 
     def _load(self, path: str, wanted: List[str]) -> Dict[str, Any]:
         logger = self.logger
@@ -227,16 +229,22 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         report = self.last_report or LoadReport()
         state = checkpoint.pop("model")
         metadata = getattr(state, "_metadata", None)
+        model_sd = self.model.state_dict()
+        self._model_shapes = {
+            k: tuple(v.shape)
+            for k, v in model_sd.items()
+            if not isinstance(v, torch.nn.parameter.UninitializedParameter)
+        }
+        report.num_keys_model = len(model_sd)
         if checkpoint.pop("matching_heuristics", False):
             # Name-matching heuristics need every tensor; zoo files are small and eager.
             full = {k: as_tensor(v) for k, v in state.items()}
             state = align_and_update_state_dicts(
-                self.model.state_dict(),
+                model_sd,
                 full,
                 c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
             )
         selector = KeySelector(opts.include, opts.exclude, opts.rename)
-        model_sd = self.model.state_dict()
         strip = all(k.startswith(_MODULE_PREFIX) for k in state) and len(state) > 0
         # checkpoint key -> model key
         names: Dict[str, str] = {}
@@ -303,14 +311,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             super()._log_incompatible_keys(incompatible)
             return
         opts = self._options
-        model_sd = self.model.state_dict()
-        shapes = {
-            k: tuple(v.shape)
-            for k, v in model_sd.items()
-            if not isinstance(v, torch.nn.parameter.UninitializedParameter)
-        }
-        report.num_keys_model = len(model_sd)
-        report.explanations = explain(report, model_shapes=shapes, cfg=self.cfg)
+        report.explanations = explain(report, model_shapes=self._model_shapes, cfg=self.cfg)
         outcome = check_policy(report, opts.on_mismatch, opts.allow_mismatch)
         if comm.is_main_process():
             loud = report.has_mismatch and opts.on_mismatch != "ignore"
