@@ -6,10 +6,9 @@ import mmap
 import sys
 from typing import Optional
 
-__all__ = ["MADV_RANDOM", "MADV_HUGEPAGE", "madvise"]
+__all__ = ["MADV_RANDOM", "madvise"]
 
 MADV_RANDOM = 1  # no read-around: only the pages touched (or announced) are read
-MADV_HUGEPAGE = 14  # back this anonymous range with transparent huge pages
 _libc: Optional[ctypes.CDLL] = None
 
 
