@@ -51,6 +51,20 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     # Glob patterns of keys whose incompatibility is tolerated even under ON_MISMATCH "error".
     ld.setdefault("ALLOW_MISMATCH", [])
 
+    if "SAVE" not in ck:
+        ck.SAVE = CN()
+    sv = ck.SAVE
+    # Read every checkpoint back after writing and compare it with its integrity record.
+    sv.setdefault("VERIFY", True)
+    # Write checkpoints in a background thread; training is blocked only for a host snapshot.
+    sv.setdefault("ASYNC", False)
+    # Signal names (e.g. ["SIGTERM", "SIGUSR1"]) that make training checkpoint and exit.
+    sv.setdefault("ON_SIGNAL", [])
+    # Keep only the N newest periodic checkpoints (model_final is always kept); 0 keeps all.
+    sv.setdefault("MAX_TO_KEEP", 0)
+    # File format of training checkpoints: "pth" (torch.save) or "safetensors" (pickle-free).
+    sv.setdefault("FORMAT", "pth")
+
     ds = cfg.DATASETS
     if "CUSTOM" not in ds:
         # One child per dataset name, each with FORMAT, ANN_FILE and IMAGE_ROOT.

@@ -36,6 +36,15 @@ from .restore import (
     shape_of,
     tensors_in,
 )
+from .save import (
+    CheckpointSaver,
+    SaveOptions,
+    check_cheap,
+    describe_skipped,
+    iteration_of,
+    plan_resume,
+)
+from .save.fallback import scan
 from .selection import TRAINER_PARTS, KeySelector, LoadOptions, select_trainer_state
 
 __all__ = ["EfficientDetectionCheckpointer"]
@@ -85,6 +94,71 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         """Build from a config (used by ``build_checkpointer``)."""
         return cls(model, save_dir, cfg=cfg, **checkpointables)
 
+    # ------------------------------------------------------------------ saving
+    @property
+    def saver(self) -> CheckpointSaver:
+        """The :class:`CheckpointSaver` of ``save_dir`` with ``CHECKPOINT.SAVE`` settings."""
+        saver = self.__dict__.get("_saver")
+        if saver is None:
+            saver = self._saver = CheckpointSaver(self.save_dir, SaveOptions.from_cfg(self.cfg))
+        return saver
+
+    @property
+    def _suffixes(self) -> Tuple[str, ...]:
+        return (".pth", ".safetensors") if self.saver.options.format == "safetensors" else (".pth",)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Save the model and checkpointables as ``name``, atomically and with a record.
+
+        With ``CHECKPOINT.SAVE.ASYNC`` it returns after a host snapshot; the write runs in
+        the background (see :meth:`wait`). ``kwargs`` are stored as extra entries.
+
+        Raises:
+            CheckpointSaveError, IntegrityError: this save (or the previous asynchronous
+                one) failed; the previous checkpoint is intact.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        self.saver.save(f"{name}{self.saver.options.suffix}", data, iteration=iteration_of(data))
+
+    def wait(self) -> None:
+        """Block until the asynchronous save in flight is durable; raise its error if any."""
+        if "_saver" in self.__dict__:
+            self.saver.wait()
+
+    def raise_if_failed(self) -> None:
+        """Raise the error of a finished asynchronous save, without waiting."""
+        if "_saver" in self.__dict__:
+            self.saver.raise_if_failed()
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Point ``last_checkpoint`` at the file, atomically (temporary file and rename)."""
+        if self.save_to_disk:
+            self.saver.tag(last_filename_basename)
+
+    def has_checkpoint(self) -> bool:
+        """Whether ``save_dir`` holds a checkpoint a resume can use (see ``save.fallback``)."""
+        return bool(self.save_dir) and plan_resume(self.save_dir, self._suffixes).used is not None
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint a resume uses: the tagged one, or the newest valid one if it is
+        broken; "" if none."""
+        if not self.save_dir:
+            return ""
+        used = plan_resume(self.save_dir, self._suffixes).used
+        return os.path.join(self.save_dir, used) if used else ""
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        """Checkpoint files in ``save_dir`` that pass the cheap integrity checks."""
+        if not self.save_dir:
+            return []
+        found = scan(self.save_dir, self._suffixes)
+        return [os.path.join(self.save_dir, c.name) for c in found if not c.problem]
+
     # ------------------------------------------------------------------ loading
     def resume_or_load(self, path: str, *, resume: bool = True, **options: Any) -> Dict[str, Any]:
         """As the stock method; ``options`` are the keyword options of :meth:`load`.
@@ -94,12 +168,38 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         INCLUDE/EXCLUDE/RENAME in a config describe how to take ``MODEL.WEIGHTS`` into
         this model, and a checkpoint of this model needs none of it.
         """
-        if resume and self.has_checkpoint():
+        if resume:
+            if self.save_to_disk and self.save_dir:
+                self.saver.clean_stale()  # temporary files of a killed run
             if not self.load_options.select_on_resume:
                 for key in ("include", "exclude", "rename"):
                     options.setdefault(key, ())
-            return self.load(self.get_checkpoint_file(), **options)
+            resumed = self._resume(options)
+            if resumed is not None:
+                return resumed
+        if path and os.path.isfile(path):
+            check_cheap(path, require_record=False)  # size against its record, if it has one
         return self.load(path, checkpointables=[], **options)
+
+    def _resume(self, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        # The newest valid checkpoint; one that fails to load is skipped like a broken one.
+        broken: Dict[str, str] = {}
+        while True:
+            choice = plan_resume(self.save_dir, self._suffixes, broken)
+            if choice.skipped:
+                self.logger.warning(describe_skipped(choice))
+            if choice.used is None:
+                return None
+            try:
+                out = self.load(os.path.join(self.save_dir, choice.used), **options)
+            except CheckpointFormatError as e:
+                broken[choice.used] = str(e)
+                continue
+            if self.last_report is not None:
+                self.last_report.skipped_files = list(choice.skipped)
+                if comm.is_main_process() and choice.skipped:
+                    self._write_report_json(self.last_report)
+            return out
 
     def load(
         self,

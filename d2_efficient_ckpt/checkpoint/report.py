@@ -46,6 +46,8 @@ class LoadReport:
         num_keys_model: keys in the model's state dict (0 when not known).
         explanations: :class:`~.explain.Explanation` objects for the differences.
         policy: the outcome of ``CHECKPOINT.LOAD.ON_MISMATCH`` (see ``policy.check_policy``).
+        skipped_files: ``(file, reason)`` of broken checkpoints a resume passed over before
+            it used ``path`` (see ``save.fallback``).
     """
 
     path: str = ""
@@ -64,6 +66,7 @@ class LoadReport:
     map_location: Optional[str] = None
     explanations: List[Any] = field(default_factory=list)
     policy: Dict[str, Any] = field(default_factory=dict)
+    skipped_files: List[Tuple[str, str]] = field(default_factory=list)
 
     # ----------------------------------------------------------------- key views
     def key_status(self) -> Dict[str, str]:
@@ -140,6 +143,9 @@ class LoadReport:
         if self.checkpointables:
             parts = [f"{k} {v}" for k, v in self.checkpointables.items()]
             lines.append("Checkpointables: " + ", ".join(parts))
+        if self.skipped_files:
+            skipped = "; ".join(f"{f} ({r})" for f, r in self.skipped_files)
+            lines.append(f"Resume skipped: {skipped}")
         if self.policy.get("on_mismatch") == "error":
             bad, ok = len(self.policy.get("violations", [])), len(self.policy.get("tolerated", []))
             lines.append(

@@ -1,0 +1,34 @@
+"""The saving side: atomic, verified, optionally asynchronous checkpoints.
+
+Modules, each with one job (imports point down to ``..errors`` only):
+    atomic        temporary file, fsync, rename, directory fsync; stale temp-file cleanup
+    integrity     the sidecar record (size + xxh3-64) and its cheap and full checks
+    write         one checkpoint file: serialize, record, verify
+    snapshot      host copies of the state into buffers reused from save to save
+    async_writer  one background thread, back-pressure, errors raised in the caller
+    retention     which old periodic checkpoints to delete (pure)
+    fallback      which checkpoint a resume uses when the newest is broken (pure + scan)
+    signals       preemption signals turned into a flag the training loop polls
+    saver         CheckpointSaver: the sequence above for one save
+"""
+
+from .fallback import ResumeChoice, describe_skipped, plan_resume
+from .integrity import IntegrityError, IntegrityRecord, check_cheap, check_full, read_record
+from .saver import TAG_FILE, CheckpointSaver, SaveOptions, iteration_of
+from .write import CheckpointSaveError
+
+__all__ = [
+    "TAG_FILE",
+    "CheckpointSaveError",
+    "CheckpointSaver",
+    "IntegrityError",
+    "IntegrityRecord",
+    "ResumeChoice",
+    "SaveOptions",
+    "check_cheap",
+    "check_full",
+    "describe_skipped",
+    "iteration_of",
+    "plan_resume",
+    "read_record",
+]

@@ -1,0 +1,140 @@
+"""Write one checkpoint file durably, with its integrity record, and check it.
+
+The order of operations is what makes a save crash-safe:
+    1. serialize into a temporary file next to the target, hashing every byte on the way;
+    2. fsync it and rename it over the target, then fsync the directory;
+    3. write the integrity record (also atomically);
+    4. with ``verify``, read the file back and compare it with the record.
+A kill at any point leaves either the previous state or a complete file. A file without its
+record (a kill between 2 and 3) is complete, and is checked by its zip structure instead.
+"""
+
+import contextlib
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import CheckpointError
+from .atomic import atomic_file
+from .integrity import (
+    HashingWriter,
+    IntegrityError,
+    IntegrityRecord,
+    check_full,
+    record_path,
+    write_record,
+)
+
+__all__ = ["CheckpointSaveError", "SaveResult", "write_checkpoint", "remove_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+Serializer = Callable[[Any, Any], None]
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written; the previous checkpoint is untouched."""
+
+    def __init__(self, path: str, problem: str, fix: str = ""):
+        self.path = path
+        msg = f"Cannot save checkpoint '{path}': {problem}"
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
+@dataclass
+class SaveResult:
+    """What one write did.
+
+    Attributes:
+        path: the checkpoint file.
+        record: its integrity record.
+        write_s: seconds to serialize, fsync and rename.
+        verify_s: seconds to read it back and compare (0 without verify).
+    """
+
+    path: str
+    record: IntegrityRecord
+    write_s: float
+    verify_s: float = 0.0
+
+
+def _explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
+    where = os.path.dirname(path) or "."
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return CheckpointSaveError(
+            path,
+            f"the disk is full ({e.strerror}).",
+            f"Free space in {where}, or lower CHECKPOINT.SAVE.MAX_TO_KEEP.",
+        )
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointSaveError(
+            path,
+            f"{where} is not writable ({e.strerror}).",
+            "Set OUTPUT_DIR to a writable directory.",
+        )
+    return CheckpointSaveError(path, f"{e.strerror or e}.")
+
+
+def write_checkpoint(
+    path: str,
+    data: Any,
+    *,
+    verify: bool = True,
+    iteration: int = -1,
+    serializer: Optional[Serializer] = None,
+    opener=open,
+) -> SaveResult:
+    """Serialize ``data`` to ``path`` durably and write its integrity record.
+
+    Args:
+        path: the checkpoint file; its directory must exist.
+        data: what to serialize (a dict of state dicts).
+        verify: read the file back afterwards and compare it with the record.
+        iteration: stored in the record, so a resume can order checkpoints cheaply.
+        serializer: ``fn(data, file_object)``; ``torch.save`` by default.
+        opener: ``open``-like function for the temporary file.
+
+    Raises:
+        CheckpointSaveError: the write failed (full disk, read-only directory, ...); the
+            previous file of that name, if any, is unchanged.
+        IntegrityError: the file read back differs from what was written; it was removed.
+    """
+    serializer = serializer or torch.save
+    start = time.perf_counter()
+    try:
+        with atomic_file(path, opener=opener) as f:
+            hashing = HashingWriter(f)
+            serializer(data, hashing)
+    except OSError as e:
+        raise _explain_os_error(path, e) from e
+    record = IntegrityRecord(
+        os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration
+    )
+    try:
+        write_record(path, record)
+    except OSError as e:
+        raise _explain_os_error(path, e) from e
+    result = SaveResult(path, record, time.perf_counter() - start)
+    if verify:
+        start = time.perf_counter()
+        try:
+            check_full(path)
+        except IntegrityError:
+            remove_checkpoint(path)  # never leave a file that fails verification
+            raise
+        result.verify_s = time.perf_counter() - start
+    return result
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint and its integrity record (either may be missing)."""
+    for p in (path, record_path(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)

@@ -1,0 +1,45 @@
+"""A tiny real Faster R-CNN with SGD momentum, and checkpointers that save it."""
+
+import pytest
+import torch
+
+from d2_efficient_ckpt import build_checkpointer
+from tests.checkpoint.conftest import build_tiny, trained_state
+
+
+@pytest.fixture(scope="module")
+def model_and_opt():
+    """One tiny R18-FPN Faster R-CNN with non-trivial SGD momentum (shared by a module)."""
+    from tests.conftest import tiny_frcnn_cfg
+
+    model = build_tiny(tiny_frcnn_cfg)
+    return model, trained_state(model)
+
+
+@pytest.fixture
+def make_ckpt(tiny_cfg, model_and_opt):
+    """Factory: ``make_ckpt(directory, **cfg_overrides)`` -> checkpointer of the shared model."""
+
+    def make(directory, with_optimizer=True, **overrides):
+        cfg = tiny_cfg(**overrides)
+        model, opt = model_and_opt
+        extra = {"optimizer": opt} if with_optimizer else {}
+        return build_checkpointer(cfg, model, str(directory), **extra)
+
+    return make
+
+
+def flip_byte(path, offset_from_end=4096):
+    """Flip one bit in the file's tensor data (size unchanged)."""
+    with open(path, "r+b") as f:
+        f.seek(-offset_from_end, 2)
+        b = f.read(1)
+        f.seek(-offset_from_end, 2)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def perturb(model):
+    """Change every weight, so that a load visibly restores something."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)

@@ -1,0 +1,80 @@
+"""Integrity records: written with every save, checked after writing and on resume."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from d2_efficient_ckpt.checkpoint.save import IntegrityError, check_cheap, check_full, read_record
+from d2_efficient_ckpt.checkpoint.save.integrity import hash_file, record_path
+from d2_efficient_ckpt.checkpoint.save.write import write_checkpoint
+from tests.checkpoint.save.conftest import flip_byte
+
+
+def test_save_writes_a_record_that_matches(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path)
+    ck.save("model_0000004", iteration=4)
+    path = str(tmp_path / "model_0000004.pth")
+    record = read_record(path)
+    assert record.size == os.path.getsize(path)
+    assert record.hash == hash_file(path) and record.algorithm == "xxh3_64"
+    assert record.iteration == 4 and record.file == "model_0000004.pth"
+    assert check_full(path).hash == record.hash
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    # Stock detectron2 reads it.
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    assert set(data) >= {"model", "optimizer", "iteration"}
+
+
+def test_truncated_file_is_detected_cheaply(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, with_optimizer=False)
+    ck.save("model_0000001")
+    path = str(tmp_path / "model_0000001.pth")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(IntegrityError, match="truncated") as e:
+        check_cheap(path)
+    assert path in str(e.value) and str(size) in str(e.value)
+
+
+def test_flipped_bit_is_detected_by_the_full_check(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, with_optimizer=False)
+    ck.save("model_0000001")
+    path = str(tmp_path / "model_0000001.pth")
+    flip_byte(path, offset_from_end=os.path.getsize(path) // 2)
+    check_cheap(path)  # the size is unchanged
+    with pytest.raises(IntegrityError, match="flipped") as e:
+        check_full(path)
+    assert path in str(e.value)
+
+
+def test_unreadable_record_names_the_sidecar(tmp_path):
+    path = tmp_path / "m.pth"
+    write_checkpoint(str(path), {"model": {"w": torch.ones(3)}})
+    with open(record_path(str(path)), "w") as f:
+        f.write("{not json")
+    with pytest.raises(IntegrityError, match="integrity record"):
+        check_cheap(str(path))
+
+
+def test_verify_catches_a_file_changed_under_the_writer(tmp_path):
+    # A serializer whose bytes on disk differ from what went through the hash: the read-back
+    # check fails, and the bad file is removed instead of being left under its name.
+    def lying(data, f):
+        torch.save(data, f)
+        f._f.seek(100)
+        f._f.write(b"\0\0\0\0")
+
+    path = tmp_path / "model_0000001.pth"
+    with pytest.raises(IntegrityError, match="content changed"):
+        write_checkpoint(str(path), {"model": {"w": torch.ones(3)}}, serializer=lying)
+    assert not path.exists() and not os.path.exists(record_path(str(path)))
+
+
+def test_record_is_plain_json(tmp_path):
+    path = tmp_path / "m.pth"
+    write_checkpoint(str(path), {"model": {"w": torch.ones(3)}}, iteration=7)
+    raw = json.loads(open(record_path(str(path))).read())
+    assert raw["file"] == "m.pth" and raw["iteration"] == 7 and raw["size"] > 0
