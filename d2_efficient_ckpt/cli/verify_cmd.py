@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.readers import SafetensorsStateDict, detect_format, open_checkpoint
 from ..checkpoint.restore import as_tensor
+from ..checkpoint.save import IntegrityError, check_full
 from ..checkpoint.writers import byte_progress
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
 
@@ -26,10 +27,11 @@ def register(sub, common) -> None:
         sub,
         "verify",
         "check a checkpoint's integrity (exit 1 when a check fails)",
-        "Check that a checkpoint is complete and readable: zip CRCs of torch files, header and "
-        "offsets of safetensors files, a safe (weights-only) load, a model entry, finite "
-        "floating-point weights, and optionally the SHA-256 of the file. Exits 1 when any "
-        "check fails, 2 when the file does not exist.",
+        "Check that a checkpoint is complete and readable: its integrity record (size and "
+        "xxh3-64 hash, written next to every saved checkpoint), zip CRCs of torch files, "
+        "header and offsets of safetensors files, a safe (weights-only) load, a model entry, "
+        "finite floating-point weights, and optionally the SHA-256 of the file. Exits 1 when "
+        "any check fails, 2 when the file does not exist.",
         EXAMPLES,
         common,
     )
@@ -98,6 +100,12 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
     except CheckpointError as e:
         problems.append(str(e))
         return finish()
+    try:
+        record = check_full(path, require_record=False)
+        if record is not None:
+            checks.append(f"integrity record matches ({record.algorithm}, {record.size} bytes)")
+    except IntegrityError as e:
+        problems.append(e.problem)
     result["sha256"] = digest = _sha256(path, progress)
     if sha256:
         want = sha256.strip().lower()
