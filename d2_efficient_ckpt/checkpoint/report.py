@@ -19,6 +19,8 @@ STATUS_LABELS = {
     "missing": "missing",
     "unexpected": "unexpected",
     "cast": "loaded, dtype cast",
+    "tied": "loaded via a tied key",
+    "filled": "set by the module",
     "excluded": "skipped: EXCLUDE",
     "not_included": "skipped: not in INCLUDE",
     "loaded": "loaded",
@@ -40,6 +42,10 @@ class LoadReport:
         shape_mismatch: ``(key, checkpoint shape, model shape)``, not loaded.
         dtype_changed: ``(key, checkpoint dtype, model dtype)``, loaded with a cast.
         skipped: model keys left out, each with ``"exclude"`` or ``"include"``.
+        tied: model keys the checkpoint lacks whose tensor was loaded under another name
+            (a module reused under two names), each with that name.
+        filled: model keys the checkpoint lacks that the module set itself because the
+            checkpoint predates them (old BatchNorm versions), each with why.
         renamed: ``(checkpoint key, model key, rule patterns)``.
         checkpointables: per entry or trainer part: restored, skipped or absent.
         num_params_loaded / num_params_model: element counts.
@@ -58,6 +64,8 @@ class LoadReport:
     shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     dtype_changed: List[Tuple[str, str, str]] = field(default_factory=list)
     skipped: Dict[str, str] = field(default_factory=dict)
+    tied: Dict[str, str] = field(default_factory=dict)
+    filled: Dict[str, str] = field(default_factory=dict)
     renamed: List[Tuple[str, str, List[str]]] = field(default_factory=list)
     checkpointables: Dict[str, str] = field(default_factory=dict)
     num_params_loaded: int = 0
@@ -73,6 +81,8 @@ class LoadReport:
         """Every key the load saw, model and checkpoint side, mapped to its status."""
         status = {k: "loaded" for k in self.loaded}
         status.update({k: "cast" for k, _, _ in self.dtype_changed})
+        status.update({k: "tied" for k in self.tied})
+        status.update({k: "filled" for k in self.filled})
         for key, why in self.skipped.items():
             status[key] = "excluded" if why == "exclude" else "not_included"
         status.update({k: "missing" for k in self.missing})
@@ -116,6 +126,8 @@ class LoadReport:
             "shape_mismatch": len(self.shape_mismatch),
             "dtype_changed": len(self.dtype_changed),
             "skipped": len(self.skipped),
+            "tied": len(self.tied),
+            "filled": len(self.filled),
             "renamed": len(self.renamed),
         }
         return out
@@ -166,7 +178,7 @@ class LoadReport:
         name = os.path.basename(self.path) or "(no file)"
         fmt = f" ({self.format})" if self.format else ""
         return (
-            f"Loaded {len(self.loaded)}{of} model keys from {name}{fmt}: "
+            f"Loaded {len(self.loaded) + len(self.tied)}{of} model keys from {name}{fmt}: "
             f"{self.num_params_loaded:,} of {self.num_params_model:,} parameters ({pct:.1f}%)."
         )
 
@@ -180,7 +192,8 @@ class LoadReport:
         for status, label in STATUS_LABELS.items():
             groups = by_status.get(status, [])
             for g in groups[:max_rows]:
-                rows.append([label, g.pattern, g.count, _detail(status, g, shapes, dtypes)])
+                detail = _detail(status, g, shapes, dtypes, self.tied, self.filled)
+                rows.append([label, g.pattern, g.count, detail])
             if len(groups) > max_rows:
                 rest = groups[max_rows:]
                 rows.append([label, f"... {len(rest)} more groups", sum(g.count for g in rest), ""])
@@ -191,7 +204,7 @@ def _shape(s) -> str:
     return "(" + ", ".join(map(str, s)) + ")"
 
 
-def _detail(status: str, group: KeyGroup, shapes, dtypes) -> str:
+def _detail(status: str, group: KeyGroup, shapes, dtypes, tied, filled) -> str:
     if status == "shape_mismatch":
         if group.count == 1:
             a, b = shapes[group.keys[0]]
@@ -208,4 +221,15 @@ def _detail(status: str, group: KeyGroup, shapes, dtypes) -> str:
     if status == "cast":
         pairs = Counter(dtypes[k] for k in group.keys)
         return ", ".join(f"{a} -> {b}" for (a, b), _ in pairs.most_common(2))
+    if status == "tied":
+        return "same tensors as " + _pattern_of([tied[k] for k in group.keys])
+    if status == "filled":
+        return "; ".join(sorted({filled[k] for k in group.keys})[:2])
     return ""
+
+
+def _pattern_of(keys) -> str:
+    if len(keys) == 1:
+        return keys[0]
+    prefix = os.path.commonprefix(list(keys))
+    return prefix[: prefix.rfind(".") + 1] + "*"
