@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointFormatError
 from .explain import explain
+from .parity import count_params, rename_metadata, resizable_keys, resolve_missing, tied_keys
 from .policy import check_policy, enforce_policy
 from .prefetch import MappedFile
 from .readers import open_checkpoint
@@ -333,7 +334,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         self._model_shapes = {
             k: tuple(v.shape)
             for k, v in model_sd.items()
-            if not isinstance(v, torch.nn.parameter.UninitializedParameter)
+            if not torch.nn.parameter.is_lazy(v)
         }
         report.num_keys_model = len(model_sd)
         if checkpoint.pop("matching_heuristics", False):
@@ -345,6 +346,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
             )
         selector = KeySelector(opts.include, opts.exclude, opts.rename)
+        resizable = resizable_keys(self.model, model_sd)  # observers, lazy tensors
         strip = all(k.startswith(_MODULE_PREFIX) for k in state) and len(state) > 0
         # checkpoint key -> model key
         names: Dict[str, str] = {}
@@ -364,11 +366,11 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 report.unexpected.append(key)
                 continue
             target = model_sd[key]
-            if isinstance(target, torch.nn.parameter.UninitializedParameter):
+            if torch.nn.parameter.is_lazy(target):
                 to_copy[key] = as_tensor(state[ck])
                 continue
             ck_shape = shape_of(state, ck)
-            if ck_shape != tuple(target.shape):
+            if ck_shape != tuple(target.shape) and key not in resizable:
                 report.shape_mismatch.append((key, ck_shape, tuple(target.shape)))
                 continue
             src_dtype = dtype_of(state, ck)
@@ -390,9 +392,14 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             self._mapping.prefetch(to_copy.values())
             # The entries a resume restores next are read from disk while the model copies.
             self._mapping.prefetch(self._wanted_entry_tensors(checkpoint))
+        metadata = rename_metadata(metadata, names)  # module versions follow renamed keys
         report.loaded = copy_into_model(self.model, to_copy, metadata)
-        report.num_params_loaded = sum(model_sd[k].numel() for k in report.loaded)
-        report.num_params_model = sum(t.numel() for t in model_sd.values())
+        tied = tied_keys(self.model, model_sd)
+        report.missing, report.tied, report.filled = resolve_missing(
+            report.missing, report.loaded, self.model, metadata, tied
+        )
+        report.num_params_loaded = count_params(model_sd, report.loaded + list(report.tied), tied)
+        report.num_params_model = count_params(model_sd, model_sd, tied)
         self._drop_expected_incompatibilities(report)
         return _IncompatibleKeys(
             missing_keys=list(report.missing),
