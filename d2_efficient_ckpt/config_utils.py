@@ -11,7 +11,13 @@ from typing import Optional, Sequence
 
 from detectron2.config import CfgNode
 
-__all__ = ["merge_cfg_safely", "load_config"]
+__all__ = [
+    "ConfigError",
+    "ConfigFileNotFoundError",
+    "ConfigKeyError",
+    "merge_cfg_safely",
+    "load_config",
+]
 
 _TYPE_MISMATCH = re.compile(
     r"Type mismatch \((?P<old_type>.*?) vs\. (?P<new_type>.*?)\) with values "
@@ -19,8 +25,21 @@ _TYPE_MISMATCH = re.compile(
     re.DOTALL,
 )
 _DATASET_LIST_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST")
-# Exception types that take a single message, so they can be re-raised as the same type.
-_REBUILDABLE = (ValueError, KeyError, AssertionError, TypeError, OSError)
+
+
+class ConfigError(ValueError):
+    """A config file or command-line override that cannot be merged.
+
+    The message names the file or option and the fix. Tools report it as bad input.
+    """
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A config key that does not exist (still a ``KeyError``, as yacs raises)."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The config file does not exist (still a ``FileNotFoundError``)."""
 
 
 def _message(e: BaseException) -> str:
@@ -53,21 +72,20 @@ def _explain(e: Exception, source: str, from_file: bool) -> Exception:
     match = _TYPE_MISMATCH.search(msg) if isinstance(e, ValueError) else None
     if match and match.group("key") in _DATASET_LIST_KEYS and "str" in match.group("new_type"):
         fix = _dataset_list_fix(match.group("key"), match.group("new"), source, from_file)
-        return ValueError(fix)
+        return ConfigError(fix)
     if match:
-        return ValueError(
+        return ConfigError(
             f"In {source}: {match.group('key')} must be of type {match.group('old_type')} like "
             f"its default {match.group('old')}, got {match.group('new')!r} of type "
             f"{match.group('new_type')}. Change the value to that type."
         )
     text = f"In {source}: {msg}"
-    if type(e) in _REBUILDABLE or isinstance(e, OSError):
-        try:
-            return type(e)(text)
-        except Exception:  # an exotic subclass with another signature
-            pass
+    if isinstance(e, KeyError):
+        return ConfigKeyError(text)
+    if type(e) in (ValueError, AssertionError):  # yacs asserts on unknown keys in opts
+        return ConfigError(text)
     # yaml parse errors and the like: a config that cannot be read is a bad value.
-    return ValueError(f"{text} ({type(e).__name__})")
+    return ConfigError(f"{text} ({type(e).__name__})")
 
 
 def merge_cfg_safely(
@@ -87,15 +105,16 @@ def merge_cfg_safely(
         ``cfg``, for chaining.
 
     Raises:
-        FileNotFoundError: ``config_file`` does not exist.
-        ValueError: a value has the wrong type; for ``DATASETS.TRAIN``/``DATASETS.TEST`` given
+        ConfigFileNotFoundError: ``config_file`` does not exist.
+        ConfigError: a value has the wrong type; for ``DATASETS.TRAIN``/``DATASETS.TEST`` given
             as a bare string the message shows the tuple to write instead. Other errors from
-            merging are re-raised (as the same type where possible) with the config file or
-            "command-line opts" named in the message, chained to the original.
+            merging are re-raised as ``ConfigError`` (``ConfigKeyError`` for an unknown key)
+            with the config file or "command-line opts" named in the message, chained to the
+            original.
     """
     if config_file:
         if not os.path.isfile(config_file):
-            raise FileNotFoundError(
+            raise ConfigFileNotFoundError(
                 f"Config file '{config_file}' does not exist (relative paths are resolved "
                 f"against the current working directory '{os.getcwd()}'). Check --config-file."
             )
@@ -122,7 +141,7 @@ def load_config(config_file: Optional[str], opts: Optional[Sequence[str]] = None
         A new, mutable config.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`merge_cfg_safely`.
+        ConfigError: as :func:`merge_cfg_safely`.
     """
     from detectron2.config import get_cfg
 

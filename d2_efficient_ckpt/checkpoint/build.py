@@ -7,6 +7,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
+from .errors import UnknownCheckpointerError
+
 __all__ = ["CHECKPOINTER_REGISTRY", "build_checkpointer"]
 
 CHECKPOINTER_REGISTRY = Registry("CHECKPOINTER")
@@ -36,14 +38,15 @@ def build_checkpointer(
         The checkpointer instance.
 
     Raises:
-        KeyError: when the name is not registered; the message lists the registered names.
+        UnknownCheckpointerError: (a ``KeyError``) when the name is not registered; the
+            message lists the registered names.
     """
     name = cfg.CHECKPOINT.NAME
     try:
         cls = CHECKPOINTER_REGISTRY.get(name)
     except KeyError:
         known = ", ".join(sorted(k for k, _ in CHECKPOINTER_REGISTRY))
-        raise KeyError(
+        raise UnknownCheckpointerError(
             f"Checkpointer '{name}' (cfg.CHECKPOINT.NAME) is not registered! "
             f"Registered checkpointers are: {known}. Register a class with "
             f"@CHECKPOINTER_REGISTRY.register() or fix the name."

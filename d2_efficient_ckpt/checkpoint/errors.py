@@ -8,15 +8,25 @@ from typing import Iterable
 
 __all__ = [
     "PartialLoadError",
+    "CheckpointConfigError",
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointPolicyError",
     "UnsafeCheckpointError",
+    "UnknownCheckpointerError",
 ]
 
 
 class CheckpointError(RuntimeError):
     """Base class for checkpoint problems this package explains."""
+
+
+class CheckpointConfigError(CheckpointError, ValueError):
+    """A ``CHECKPOINT.*`` setting, or the matching ``load()`` argument, that cannot work."""
+
+
+class UnknownCheckpointerError(CheckpointConfigError, KeyError):
+    """``CHECKPOINT.NAME`` names no registered checkpointer (a ``KeyError``, like a registry's)."""
 
 
 class CheckpointFormatError(CheckpointError, ValueError):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .errors import CheckpointPolicyError
+from .errors import CheckpointConfigError, CheckpointPolicyError
 from .grouping import coarsen_patterns, group_keys
 from .report import STATUS_LABELS, LoadReport
 
@@ -57,7 +57,7 @@ class PolicyOutcome:
 def _normalise(on_mismatch: str) -> str:
     value = str(on_mismatch or "warn").strip().lower()
     if value not in ON_MISMATCH_CHOICES:
-        raise ValueError(
+        raise CheckpointConfigError(
             f"CHECKPOINT.LOAD.ON_MISMATCH must be one of {', '.join(ON_MISMATCH_CHOICES)}; "
             f"got {on_mismatch!r}."
         )
@@ -70,7 +70,7 @@ def check_policy(
     """Sort the report's mismatches into allowed and not, and record it in ``report.policy``.
 
     Raises:
-        ValueError: ``on_mismatch`` is not warn, error or ignore.
+        CheckpointConfigError: ``on_mismatch`` is not warn, error or ignore.
     """
     allow = [allow] if isinstance(allow, str) else list(allow)
     outcome = PolicyOutcome(_normalise(on_mismatch), allow)
@@ -100,7 +100,7 @@ def enforce_policy(
     Raises:
         CheckpointPolicyError: naming the keys, why they differ (from ``report.explanations``)
             and the ALLOW_MISMATCH / ON_MISMATCH settings that would accept them.
-        ValueError: ``on_mismatch`` is not warn, error or ignore.
+        CheckpointConfigError: ``on_mismatch`` is not warn, error or ignore.
     """
     outcome = check_policy(report, on_mismatch, allow)
     if outcome.broken:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .arena import HostArena
-from .errors import PartialLoadError
+from .errors import CheckpointConfigError, PartialLoadError
 
 __all__ = [
     "model_device",
@@ -41,7 +41,7 @@ def resolve_map_location(map_location: str, model: nn.Module) -> torch.device:
     current device, so that ranks never all land on the same GPU.
 
     Raises:
-        ValueError: for a string that is not "", "cpu", "cuda" or "cuda:N".
+        CheckpointConfigError: for a string that is not "", "cpu", "cuda" or "cuda:N".
     """
     loc = (map_location or "").strip()
     if not loc:
@@ -49,14 +49,14 @@ def resolve_map_location(map_location: str, model: nn.Module) -> torch.device:
     try:
         dev = torch.device(loc)
     except RuntimeError:
-        raise ValueError(
+        raise CheckpointConfigError(
             f"CHECKPOINT.LOAD.MAP_LOCATION '{map_location}' is not a device; use '', 'cpu' or "
             "'cuda:N'."
         ) from None
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise CheckpointConfigError(
             f"CHECKPOINT.LOAD.MAP_LOCATION is '{map_location}' but CUDA is not available here. "
             "Use '' (the model's device) or 'cpu'."
         )
@@ -78,8 +78,8 @@ def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) ->
     Args:
         obj: dicts, lists and tuples of tensors and other values.
         device: where non-scalar tensors go.
-        reader: optional ``prefetch.FileReader``; host tensors that view its file are read
-            from the file into their destination instead of copied from the mapping.
+        reader: optional ``prefetch.FileReader``; tensors that view its file are read from
+            the file into their destination with length-checked reads.
     """
     host = [t for t in tensors_in(obj) if t.dim() > 0] if device.type == "cpu" else []
     arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
@@ -105,8 +105,10 @@ def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader:
         else:
             dev = torch.device("cpu") if obj.dim() == 0 else device
             out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
-        if reader is None or not reader.read_into(out, obj):
+        if reader is None:
             out.copy_(obj)
+        else:
+            reader.read_into(out, obj)  # length-checked; never touches a file mapping
         return out
     if isinstance(obj, dict):
         items = ((k, _rebuild(v, device, arena, reader)) for k, v in obj.items())
@@ -144,12 +146,16 @@ def dtype_of(state: Mapping, key: str) -> Optional[torch.dtype]:
     return getattr(v, "dtype", None)
 
 
-def copy_into_model(model: nn.Module, tensors: Dict[str, Any], metadata: Any) -> List[str]:
-    """``model.load_state_dict(tensors, strict=False)`` with an explicit partial-load error.
+def copy_into_model(
+    model: nn.Module, tensors: Dict[str, Any], metadata: Any, reader: Optional[Any] = None
+) -> List[str]:
+    """``model.load_state_dict(tensors, strict=False)`` with length-checked reads.
 
-    ``load_state_dict`` copies each tensor into the existing parameter on its own device,
-    so tensors read from a mapped file go to their destination with one copy. Modules with
-    their own ``_load_from_state_dict`` (FrozenBatchNorm, quantization observers) keep it.
+    With a ``reader`` (a ``prefetch.FileReader``), keys of modules that load the default
+    way are read from the file straight into the existing parameter, on its own device.
+    The rest (modules with their own ``_load_from_state_dict`` such as BatchNorm,
+    FrozenBatchNorm and quantization observers, or with load hooks) are read into fresh
+    memory first and go through ``load_state_dict``, so their own logic still runs.
 
     Returns:
         The keys that were written.
@@ -157,18 +163,57 @@ def copy_into_model(model: nn.Module, tensors: Dict[str, Any], metadata: Any) ->
     Raises:
         PartialLoadError: if copying failed after some tensors were written.
     """
+    direct: Dict[str, torch.Tensor] = {}
+    if reader is not None and not _has_post_hooks(model):
+        params = dict(model.state_dict(keep_vars=True))
+        plain = _plain_modules(model)
+        for key, src in tensors.items():
+            dst = params.get(key)
+            module = key.rsplit(".", 1)[0] if "." in key else ""
+            if (
+                module in plain
+                and isinstance(dst, torch.Tensor)
+                and isinstance(src, torch.Tensor)
+                and not torch.nn.parameter.is_lazy(dst)
+                and tuple(dst.shape) == tuple(src.shape)
+            ):
+                direct[key] = dst
+    rest = {k: v for k, v in tensors.items() if k not in direct}
+    if reader is not None:  # small (norm layers, observers): read before anything is written
+        rest = {k: reader.read(v) if isinstance(v, torch.Tensor) else v for k, v in rest.items()}
     if metadata is not None:
-        tensors = _with_metadata(tensors, metadata)
+        rest = _with_metadata(rest, metadata)
+    touched = False
     try:
         with torch.no_grad():
-            model.load_state_dict(tensors, strict=False)
+            for key, dst in direct.items():
+                touched = True
+                reader.read_into(dst.data, tensors[key])
+            touched = True
+            model.load_state_dict(rest, strict=False)
     except Exception as e:
+        if not touched:
+            raise
         raise PartialLoadError(
             f"Copying weights into the model failed ({type(e).__name__}: {e}). Some of the "
             f"{len(tensors)} tensors may already have been written, so the model is partly "
             "loaded: rebuild it or load a good checkpoint before using it."
         ) from e
     return list(tensors.keys())
+
+
+def _plain_modules(model: nn.Module) -> set:
+    """Names of modules whose state loads by a plain copy (no custom logic, no hooks)."""
+    default = nn.Module._load_from_state_dict
+    return {
+        name
+        for name, m in model.named_modules()
+        if type(m)._load_from_state_dict is default and not m._load_state_dict_pre_hooks
+    }
+
+
+def _has_post_hooks(model: nn.Module) -> bool:
+    return any(m._load_state_dict_post_hooks for m in model.modules())
 
 
 def _with_metadata(tensors: Dict[str, Any], metadata: Any):

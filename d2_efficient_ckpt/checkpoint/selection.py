@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .errors import CheckpointConfigError
+
 __all__ = ["LoadOptions", "KeySelector", "TRAINER_PARTS", "select_trainer_state"]
 
 # Parts of DefaultTrainer.state_dict(), as (part name, path inside the "trainer" entry).
@@ -74,7 +76,7 @@ class LoadOptions:
     def __post_init__(self):
         value = str(self.on_mismatch).strip().lower()
         if value not in _ON_MISMATCH:
-            raise ValueError(
+            raise CheckpointConfigError(
                 f"CHECKPOINT.LOAD.ON_MISMATCH must be one of {', '.join(_ON_MISMATCH)}; got "
                 f"{self.on_mismatch!r}. Example: CHECKPOINT.LOAD.ON_MISMATCH error"
             )
@@ -95,14 +97,16 @@ def _pairs(rules: Sequence[Sequence[str]]) -> Tuple[Tuple[str, str], ...]:
     out = []
     for rule in rules:
         if len(rule) != 2:
-            raise ValueError(
+            raise CheckpointConfigError(
                 f"CHECKPOINT.LOAD.RENAME entries must be [regex, replacement] pairs; got {rule!r}. "
                 "Example: RENAME: [['^backbone\\.bottom_up\\.', 'backbone.']]"
             )
         try:
             re.compile(rule[0])
         except re.error as e:
-            raise ValueError(f"CHECKPOINT.LOAD.RENAME regex {rule[0]!r} is invalid: {e}") from None
+            raise CheckpointConfigError(
+                f"CHECKPOINT.LOAD.RENAME regex {rule[0]!r} is invalid: {e}"
+            ) from None
         out.append((str(rule[0]), str(rule[1])))
     return tuple(out)
 

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 a check failed (``diff`` under CHECKPOINT.LOAD.ON_MISMATCH error,
 ``verify``); 2 bad input (missing or unreadable file, a config that does not build, bad
-arguments). Errors are printed as ``error: <message>``, never as a traceback (``--debug``
-shows it).
+arguments), printed as one ``error: <message>`` line (``--debug`` shows its traceback);
+3 an unexpected error, i.e. a bug, printed with its traceback (see :mod:`..errors`).
 """
 
 import argparse
@@ -12,6 +12,8 @@ import sys
 import warnings
 from typing import List, Optional
 
+from ..checkpoint.errors import CheckpointPolicyError
+from ..errors import USER_ERRORS, error_message, print_error, report_exception
 from . import convert_cmd, diff_cmd, inspect_cmd, strip_cmd, verify_cmd
 from .common import EXIT_BAD_INPUT, EXIT_FAILED, CliError, quiet_logs
 
@@ -27,6 +29,11 @@ examples:
   python -m d2_efficient_ckpt strip --fp16 output/model_final.pth deploy.safetensors
   python -m d2_efficient_ckpt verify deploy.safetensors
 Run "python -m d2_efficient_ckpt COMMAND --help" for the options of each command.
+
+exit codes:
+  0 success; 1 a check failed (diff under CHECKPOINT.LOAD.ON_MISMATCH error, verify);
+  2 bad input (a missing or unreadable file, a config that does not build, bad arguments),
+    printed as one "error: ..." line; 3 an unexpected error (a bug), printed with its traceback.
 """
 
 
@@ -35,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("--verbose", action="store_true", help="show library logs on stderr")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of bad input too")
     parser = argparse.ArgumentParser(
         prog="python -m d2_efficient_ckpt",
         description="Inspect, compare, convert, strip and verify detectron2 checkpoints.",
@@ -46,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _COMMANDS:
         module.register(sub, common)
     return parser
-
-
-def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
 
 
 def _silence_stdout() -> None:
@@ -86,25 +89,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 warnings.simplefilter("ignore")
             return args.func(args)
     except KeyboardInterrupt:
-        _error("interrupted.")
+        print_error("interrupted.")
         return 130
     except BrokenPipeError:  # the reader closed the pipe early, e.g. `| head`
         _silence_stdout()
         return 0
-    except CliError as e:
+    except (CliError, *USER_ERRORS) as e:  # bad input: one line, the traceback only on --debug
         if args.debug:
             raise
-        _error(str(e))
-        return e.code
-    except Exception as e:  # every other failure is reported as a message, not a traceback
-        if args.debug:
-            raise
-        from ..checkpoint.errors import CheckpointError, CheckpointPolicyError
-
-        if isinstance(e, CheckpointPolicyError):
-            _error(str(e))
-            return EXIT_FAILED
-        known = isinstance(e, (CheckpointError, OSError, ValueError, KeyError))
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        _error(message if known else f"{type(e).__name__}: {message}")
-        return EXIT_BAD_INPUT
+        print_error(error_message(e))
+        if isinstance(e, CliError):
+            return e.code
+        return EXIT_FAILED if isinstance(e, CheckpointPolicyError) else EXIT_BAD_INPUT
+    except Exception as e:  # a bug: its traceback, and a code of its own
+        return report_exception(e)

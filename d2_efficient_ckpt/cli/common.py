@@ -14,10 +14,11 @@ import torch
 
 from ..checkpoint.errors import CheckpointFormatError
 from ..checkpoint.readers import OpenedCheckpoint, open_checkpoint
+from ..errors import EXIT_BAD_INPUT
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the policy says error (diff), or integrity problems (verify)
-EXIT_BAD_INPUT = 2  # missing or unreadable file, bad config, bad arguments
+# EXIT_BAD_INPUT (2) and EXIT_INTERNAL_ERROR (3) are every tool's: see ..errors.
 
 
 class CliError(Exception):
@@ -172,13 +173,19 @@ def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: 
     """Write model weights (``entries``) and plain ``extra`` entries; returns the file size.
 
     A safetensors file keeps the extra entries as JSON in its metadata.
+
+    Raises:
+        CliError: the file cannot be written (no space, no permission).
     """
     from ..checkpoint.writers import write_safetensors, write_torch
 
     desc = f"writing {os.path.basename(out)}"
-    if kind == "safetensors":
-        metadata = {"format": "pt"}
-        if extra:
-            metadata[ENTRIES_METADATA_KEY] = json.dumps(extra)
-        return write_safetensors(out, entries, metadata, progress=progress, desc=desc)
-    return write_torch(out, entries, extra, progress=progress, desc=desc)
+    try:
+        if kind == "safetensors":
+            metadata = {"format": "pt"}
+            if extra:
+                metadata[ENTRIES_METADATA_KEY] = json.dumps(extra)
+            return write_safetensors(out, entries, metadata, progress=progress, desc=desc)
+        return write_torch(out, entries, extra, progress=progress, desc=desc)
+    except OSError as e:  # a full disk or a read-only folder is the user's to fix
+        raise CliError(f"cannot write {out}: {e.strerror or e}.") from None
