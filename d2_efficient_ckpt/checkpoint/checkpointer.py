@@ -21,7 +21,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch.nn.parallel import DistributedDataParallel
 
 from .build import CHECKPOINTER_REGISTRY
-from .errors import CheckpointFormatError
+from .errors import CheckpointConfigError, CheckpointFormatError
 from .explain import explain
 from .parity import count_params, rename_metadata, resizable_keys, resolve_missing, tied_keys
 from .policy import check_policy, enforce_policy
@@ -314,7 +314,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             if queries.pop("matching_heuristics", "False") == ["True"]:
                 data["matching_heuristics"] = True
             if queries:
-                raise ValueError(
+                raise CheckpointConfigError(
                     f"Unsupported query {queries} in checkpoint path "
                     f"{self._parsed_url_during_load.geturl()}; "
                     "only matching_heuristics=True is known."
