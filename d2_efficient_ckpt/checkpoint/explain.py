@@ -10,10 +10,19 @@ the keys that earlier ones left unexplained. New ones are added with :func:`reco
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
+from detectron2.data import MetadataCatalog
+
 from .grouping import group_keys
 from .report import LoadReport
 
-__all__ = ["Explanation", "ExplainContext", "explain", "recogniser", "RECOGNISERS"]
+__all__ = [
+    "Explanation",
+    "ExplainContext",
+    "dataset_classes",
+    "explain",
+    "recogniser",
+    "RECOGNISERS",
+]
 
 Shape = Tuple[int, ...]
 SEVERITIES = ("error", "warning", "info")
@@ -132,19 +141,28 @@ class ExplainContext:
         return default if node is None else node
 
     def dataset_classes(self) -> Tuple[Optional[str], Optional[List[str]]]:
-        """``(name, thing_classes)`` of the first training (else test) dataset, if registered."""
-        names = list(self.cfg_get("DATASETS.TRAIN", ()) or ()) or list(
-            self.cfg_get("DATASETS.TEST", ()) or ()
-        )
-        if not names:
-            return None, None
-        from detectron2.data import MetadataCatalog
+        """``(name, thing_classes)`` of the config's dataset: see :func:`dataset_classes`."""
+        return dataset_classes(self.cfg)
 
-        name = names[0]
-        if name not in MetadataCatalog.list():
-            return name, None
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
-        return name, (list(classes) if classes is not None else None)
+
+def dataset_classes(cfg: Any) -> Tuple[Optional[str], Optional[List[str]]]:
+    """``(name, thing_classes)`` of the first training (else test) dataset of ``cfg``.
+
+    The one lookup of "which classes does the config's data have", for explanations and the
+    checkpoint tool alike. ``name`` is ``None`` when the config names no dataset;
+    ``thing_classes`` is ``None`` when that dataset is not registered or has no classes.
+    """
+    datasets = cfg.get("DATASETS") if hasattr(cfg, "get") else None
+    if not hasattr(datasets, "get"):
+        return None, None
+    names = list(datasets.get("TRAIN") or ()) or list(datasets.get("TEST") or ())
+    if not names:
+        return None, None
+    name = names[0]
+    if name not in MetadataCatalog.list():
+        return name, None
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    return name, (list(classes) if classes is not None else None)
 
 
 Recogniser = Callable[[ExplainContext], Iterable[Explanation]]

@@ -4,8 +4,14 @@ import json
 import logging
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+from ..checkpoint.explain import dataset_classes
 from ..config import add_efficient_ckpt_config
 from ..config_utils import merge_cfg_safely
+from ..data.registrar import register_datasets_from_cfg
 from .common import CliError
 
 logger = logging.getLogger(__name__)
@@ -22,9 +28,6 @@ def build_model_from_config(config_file: str, opts: Sequence[str]) -> Tuple[Any,
         CliError: the config does not build a model.
         FileNotFoundError, ValueError, KeyError: the config or an override cannot be merged.
     """
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
     if len(opts) % 2:
         raise CliError(f"config overrides come in KEY VALUE pairs; got {list(opts)}.")
     cfg = add_efficient_ckpt_config(get_cfg())
@@ -43,10 +46,6 @@ def build_model_from_config(config_file: str, opts: Sequence[str]) -> Tuple[Any,
 
 
 def _register_datasets(cfg) -> None:
-    from detectron2.data import MetadataCatalog
-
-    from ..data.registrar import register_datasets_from_cfg
-
     validate = cfg.DATASETS.get("VALIDATE", True)
     cfg.DATASETS.VALIDATE = False
     try:
@@ -55,28 +54,24 @@ def _register_datasets(cfg) -> None:
         logger.info(f"Datasets of the config not registered: {e}")
     finally:
         cfg.DATASETS.VALIDATE = validate
-    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
-    if not names or names[0] not in MetadataCatalog.list():
+    name, classes = dataset_classes(cfg)
+    if name is None or classes is not None or name not in MetadataCatalog.list():
         return
-    meta = MetadataCatalog.get(names[0])
-    json_file = meta.get("json_file", None)
-    if meta.get("thing_classes", None) is not None or not json_file:
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    if not json_file:
         return
     # COCO-format datasets fill thing_classes when loaded; the categories are enough.
     try:
         with open(json_file) as f:
             cats = json.load(f).get("categories") or []
-        meta.thing_classes = [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+        classes = [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.info(f"Classes of '{names[0]}' unknown: {e}")
+        logger.info(f"Classes of '{name}' unknown: {e}")
+        return
+    MetadataCatalog.get(name).thing_classes = classes
 
 
 def dataset_classes_hint(cfg) -> Optional[Dict[str, Any]]:
-    """``{"name", "thing_classes"}`` of the config's first dataset when known."""
-    from detectron2.data import MetadataCatalog
-
-    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
-    if not names or names[0] not in MetadataCatalog.list():
-        return None
-    classes = MetadataCatalog.get(names[0]).get("thing_classes", None)
-    return {"name": names[0], "thing_classes": list(classes) if classes is not None else None}
+    """``{"name", "thing_classes"}`` of the config's first dataset, ``None`` if it names none."""
+    name, classes = dataset_classes(cfg)
+    return None if name is None else {"name": name, "thing_classes": classes}
