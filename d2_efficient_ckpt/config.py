@@ -67,10 +67,18 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
 
     ds = cfg.DATASETS
     if "CUSTOM" not in ds:
-        # One child per dataset name, each with FORMAT, ANN_FILE and IMAGE_ROOT.
+        # One child per dataset name: FORMAT (coco, voc, yolo) and that format's keys.
         ds.CUSTOM = CN(new_allowed=True)
-    # Check every declared dataset's files and records before any model is built.
+    # False is the same as VALIDATION "off" (kept for older configs).
     ds.setdefault("VALIDATE", True)
+    # Checks of the datasets a run uses, before any model: "error", "warn" (fix and log) or "off".
+    ds.setdefault("VALIDATION", "error")
+    # A box that runs outside its image: "clip" it at the border or "drop" it.
+    ds.setdefault("BOX_OUTSIDE_IMAGE", "clip")
+    # Processes reading image headers during validation; 0 picks min(8, CPUs).
+    ds.setdefault("VALIDATION_WORKERS", 0)
+    # Folder of converted/repaired COCO jsons for the evaluator; "" is ~/.cache/d2_efficient_ckpt.
+    ds.setdefault("CACHE_DIR", "")
     # Set MODEL.ROI_HEADS.NUM_CLASSES from the training data instead of checking it.
     ds.setdefault("NUM_CLASSES_FROM_DATA", False)
     return cfg

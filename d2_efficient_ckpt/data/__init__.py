@@ -1,41 +1,54 @@
 """Config-driven datasets for detectron2: declare them in ``DATASETS.CUSTOM``, not in code.
 
-Importing this package registers the built-in dataset formats (currently ``coco``) in
-:data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
+Importing this package registers the built-in dataset formats (``coco``, ``voc``, ``yolo``)
+in :data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
 
     from d2_efficient_ckpt.data import prepare_datasets
     prepare_datasets(cfg)  # register, validate, check DATASETS.TRAIN/TEST and NUM_CLASSES
 """
 
+from . import voc as _voc  # noqa: F401  (registers FORMAT: voc)
+from . import yolo as _yolo  # noqa: F401  (registers FORMAT: yolo)
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import (
     COCO,
     DATASET_FORMAT_REGISTRY,
     DatasetFormat,
+    RawDataset,
     available_formats,
     get_dataset_format,
 )
-from .registrar import check_num_classes, prepare_datasets, register_datasets_from_cfg
+from .registrar import (
+    check_num_classes,
+    prepare_datasets,
+    register_and_report,
+    register_datasets_from_cfg,
+    validation_mode,
+)
+from .report import Problem, ValidationReport
 from .toy import TOY_CATEGORIES, ToyDataset, ToySplit, generate_toy_dataset, render_toy_image
-from .validation import CocoSummary, check_dataset_names, validate_coco_dataset
+from .validation import check_dataset_names
 
 __all__ = [
     "COCO",
     "DATASET_FORMAT_REGISTRY",
     "TOY_CATEGORIES",
-    "CocoSummary",
     "DatasetConfigError",
     "DatasetFormat",
     "DatasetValidationError",
+    "Problem",
+    "RawDataset",
     "ToyDataset",
     "ToySplit",
+    "ValidationReport",
     "available_formats",
     "check_dataset_names",
     "check_num_classes",
     "generate_toy_dataset",
     "get_dataset_format",
     "prepare_datasets",
+    "register_and_report",
     "register_datasets_from_cfg",
     "render_toy_image",
-    "validate_coco_dataset",
+    "validation_mode",
 ]

@@ -1,25 +1,27 @@
 """Pluggable on-disk dataset formats that ``DATASETS.CUSTOM`` entries can name.
 
-A format turns one ``DATASETS.CUSTOM.<name>`` entry into a dataset in detectron2's
-``DatasetCatalog`` and ``MetadataCatalog``. New formats (VOC, YOLO, ...) are added by
-registering another :class:`DatasetFormat` subclass; nothing else needs to change.
+A format turns one ``DATASETS.CUSTOM.<name>`` entry into COCO-shaped records in memory;
+checking them, caching a COCO json for the evaluator and registering the dataset are the
+same for every format (:mod:`.scan`, :mod:`.registrar`). New formats are added by
+registering another :class:`DatasetFormat` subclass; ``coco`` lives here, ``voc`` and
+``yolo`` in their own modules.
 """
 
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Tuple, Type
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 from detectron2.utils.registry import Registry
 
 from .errors import DatasetConfigError
-from .validation import validate_coco_dataset
+from .report import WARNING, ValidationReport
+from .sources import check_dir, read_coco_json
 
 __all__ = [
     "COCO",
     "DATASET_FORMAT_REGISTRY",
     "DatasetFormat",
+    "RawDataset",
     "available_formats",
     "get_dataset_format",
 ]
@@ -32,24 +34,28 @@ Registry of dataset formats, looked up by the ``FORMAT`` key of a ``DATASETS.CUS
 
 Contract: a registered object is a class (normally a :class:`DatasetFormat` subclass) whose
 ``__name__`` is the format name, matched case-insensitively (``class COCO`` serves
-``FORMAT: coco``). It provides three classmethods, each given the dataset name and the
+``FORMAT: coco``). It provides these classmethods, each given the dataset name and the
 entry's spec:
 
 * ``normalize(name, spec: CfgNode) -> dict``: check the entry's keys and return a plain dict
   with ``FORMAT`` lower-cased and every path made absolute. Raise
   :class:`DatasetConfigError` for a missing, empty or unknown key.
-* ``validate(name, spec: dict) -> str``: check the files and records on disk, return a
-  one-line summary for the log, and raise :class:`DatasetValidationError` naming the file,
-  the offending records and the fix when anything is wrong. Must not register anything.
-* ``register(name, spec: dict) -> None``: put the dataset into ``DatasetCatalog`` (a lazy
-  loader returning detectron2's standard dataset dicts) and into ``MetadataCatalog`` with
-  at least ``evaluator_type``, ``json_file`` (a COCO json for ``COCOEvaluator``) and
-  ``image_root``. ``thing_classes`` must be set, at the latest, when the loader runs.
+* ``source_files(name, spec: dict) -> list | None``: every file the records are read from
+  (annotations, labels, images), found without parsing anything, so that an unchanged
+  dataset is recognised from ``os.stat`` alone; ``None`` when that needs parsing (COCO).
+* ``read(name, spec: dict, report) -> RawDataset``: read the files into COCO-shaped records
+  (``images``, ``annotations``, ``categories``). Images may lack ``width``/``height`` and
+  annotations may carry ``yolo_box`` instead of ``bbox``; the shared checks fill them in.
+  Raise :class:`DatasetValidationError` when nothing can be read; add per-record problems
+  to ``report``. Must not register anything.
+
+A class attribute ``WRITES_JSON`` says whether the evaluator needs a COCO json written for
+it (True for every format whose source is not a COCO json).
 
 Register a new format with::
 
     @DATASET_FORMAT_REGISTRY.register()
-    class VOC(DatasetFormat):
+    class MyFormat(DatasetFormat):
         ...
 """
 
@@ -60,14 +66,28 @@ _COMMON_KEYS = ("FORMAT",)
 _EXAMPLES = {
     "ANN_FILE": "datasets/my_data/annotations/train.json",
     "IMAGE_ROOT": "datasets/my_data/images/train",
+    "ROOT": "datasets/VOC2012",
+    "SPLIT": "train",
 }
+
+
+class RawDataset(NamedTuple):
+    """COCO-shaped records of one dataset, before the shared checks."""
+
+    data: Dict[str, Any]
+    #: Folder that each image's ``file_name`` is relative to.
+    image_root: str
+    #: The annotation file or folder, named in the report.
+    source: str
+    #: The source COCO json, when the evaluator can read it as it is.
+    json_file: Optional[str] = None
 
 
 class DatasetFormat:
     """Base class of dataset formats: key checking and path resolution shared by all formats.
 
     Subclasses set :attr:`REQUIRED_KEYS`, :attr:`OPTIONAL_KEYS` and :attr:`PATH_KEYS`, and
-    implement :meth:`validate` and :meth:`register`.
+    implement :meth:`read` (and :meth:`source_files` when they can).
     """
 
     #: Keys that must be present with a non-empty value.
@@ -76,6 +96,8 @@ class DatasetFormat:
     OPTIONAL_KEYS: Tuple[str, ...] = ()
     #: Keys holding filesystem paths, resolved against the current working directory.
     PATH_KEYS: Tuple[str, ...] = ("ANN_FILE", "IMAGE_ROOT")
+    #: True when the evaluator's COCO json must be written (the source is not one).
+    WRITES_JSON: bool = True
 
     @classmethod
     def format_name(cls) -> str:
@@ -96,7 +118,7 @@ class DatasetFormat:
 
         Returns:
             A plain dict with ``FORMAT`` lower-cased and absolute paths, suitable for
-            :meth:`validate`, :meth:`register` and for comparing two registrations.
+            :meth:`read` and for comparing two registrations.
 
         Raises:
             DatasetConfigError: a required key is missing or empty, or an unknown key is set.
@@ -133,28 +155,24 @@ class DatasetFormat:
         return out
 
     @classmethod
-    def validate(cls, name: str, spec: Dict[str, Any]) -> str:
-        """Check the dataset's files and records; see ``DATASET_FORMAT_REGISTRY``.
-
-        Args:
-            name: the dataset name.
-            spec: the output of :meth:`normalize`.
-
-        Returns:
-            A one-line summary for the log.
-
-        Raises:
-            DatasetValidationError: the files or records are unusable.
-        """
-        raise NotImplementedError
+    def source_files(cls, name: str, spec: Dict[str, Any]) -> Optional[List[str]]:
+        """Every file the records come from, or None; see ``DATASET_FORMAT_REGISTRY``."""
+        return None
 
     @classmethod
-    def register(cls, name: str, spec: Dict[str, Any]) -> None:
-        """Register the dataset in detectron2's catalogs; see ``DATASET_FORMAT_REGISTRY``.
+    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
+        """Read the records; see ``DATASET_FORMAT_REGISTRY``.
 
         Args:
             name: the dataset name.
             spec: the output of :meth:`normalize`.
+            report: where per-record problems go.
+
+        Returns:
+            COCO-shaped records.
+
+        Raises:
+            DatasetValidationError: the files cannot be read at all.
         """
         raise NotImplementedError
 
@@ -164,29 +182,32 @@ class COCO(DatasetFormat):
     """COCO instances json (``images``, ``annotations``, ``categories``) plus an image folder.
 
     Keys: ``ANN_FILE`` (the json) and ``IMAGE_ROOT`` (the folder that ``file_name`` of each
-    image is relative to). Loading uses detectron2's ``load_coco_json``, so category ids are
-    mapped to contiguous ids and ``thing_classes`` is filled on first load, exactly as for
-    detectron2's built-in COCO datasets, and ``COCOEvaluator`` reads ``json_file`` directly.
+    image is relative to). Category ids may be any integers; they map to contiguous ids in
+    id order, as in detectron2's ``load_coco_json``. ``COCOEvaluator`` reads ``ANN_FILE``
+    itself unless a record had to be repaired; then it reads a repaired copy in the cache.
     """
 
-    @classmethod
-    def validate(cls, name: str, spec: Dict[str, Any]) -> str:
-        """See :meth:`DatasetFormat.validate`."""
-        summary = validate_coco_dataset(name, spec["ANN_FILE"], spec["IMAGE_ROOT"])
-        return (
-            f"{summary.num_images} images, {summary.num_annotations} annotations, "
-            f"{len(summary.thing_classes)} categories ({', '.join(summary.thing_classes)})"
-        )
+    WRITES_JSON = False
 
     @classmethod
-    def register(cls, name: str, spec: Dict[str, Any]) -> None:
-        """See :meth:`DatasetFormat.register`."""
+    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
+        """See :meth:`DatasetFormat.read`."""
         ann_file, image_root = spec["ANN_FILE"], spec["IMAGE_ROOT"]
-        # Bind the paths now: the loader runs later, possibly after the cfg has changed.
-        DatasetCatalog.register(name, lambda: load_coco_json(ann_file, image_root, name))
-        MetadataCatalog.get(name).set(
-            json_file=ann_file, image_root=image_root, evaluator_type="coco"
-        )
+        data, note = read_coco_json(name, ann_file)
+        check_dir(name, "IMAGE_ROOT", image_root, "the folder that file_name is relative to")
+        if note:
+            # pycocotools opens json files as UTF-8 text and fails on anything else.
+            report.add(
+                name,
+                WARNING,
+                f"annotation files in {note}",
+                "re-save the file as UTF-8 without a byte-order mark.",
+                record=ann_file,
+                action="UTF-8 copy used for evaluation",
+                source=ann_file,
+            )
+            data["changed"] = True
+        return RawDataset(data, image_root, ann_file, json_file=ann_file)
 
 
 def available_formats() -> List[str]:

@@ -3,25 +3,50 @@
 :func:`prepare_datasets` is the one call a training script needs, in every process that
 builds models or data loaders (each launched worker included): detectron2's catalogs are
 per-process, so a dataset registered in the parent is unknown to a spawned worker.
+
+Datasets used by ``DATASETS.TRAIN``/``TEST`` are checked (``DATASETS.VALIDATION``), with
+every problem of every dataset collected into one :class:`ValidationReport`: a table in
+the log and ``dataset_report.json`` in ``OUTPUT_DIR``. Declared datasets that no split of
+the run uses (e.g. inherited from a base config) are registered without reading anything;
+they are checked, with the configured fixes, when first loaded.
 """
 
 import logging
-from typing import Any, Dict, List, Tuple
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .errors import DatasetConfigError
-from .formats import get_dataset_format
-from .validation import check_dataset_names
+from .cache import default_cache_dir
+from .checks import CheckOptions
+from .errors import DatasetConfigError, DatasetValidationError
+from .formats import DatasetFormat, get_dataset_format
+from .records import to_dataset_dicts
+from .report import ERROR, WARNING, ValidationReport
+from .scan import ScannedDataset, category_table, load_dataset_dicts, scan_dataset
+from .validation import check_cross_dataset, check_dataset_names, short_names
 
-__all__ = ["check_num_classes", "prepare_datasets", "register_datasets_from_cfg"]
+__all__ = [
+    "REPORT_FILE",
+    "check_num_classes",
+    "check_options",
+    "prepare_datasets",
+    "register_datasets_from_cfg",
+    "register_and_report",
+    "validation_mode",
+]
 
 logger = logging.getLogger(__name__)
 
 # Metadata key recording the normalized spec a dataset was registered with; it is what makes
 # a repeated registration recognisable as the same one (a no-op) rather than a conflict.
 SPEC_METADATA_KEY = "custom_dataset_spec"
+#: File name of the JSON report in OUTPUT_DIR.
+REPORT_FILE = "dataset_report.json"
+_MODES = ("error", "warn", "off")
+
+Planned = Tuple[str, Any, Dict[str, Any]]
 
 
 def _custom_entries(cfg: CfgNode) -> List[Tuple[str, Any]]:
@@ -31,14 +56,14 @@ def _custom_entries(cfg: CfgNode) -> List[Tuple[str, Any]]:
     return list(custom.items())
 
 
-def _normalize_all(cfg: CfgNode) -> List[Tuple[str, Any, Dict[str, Any]]]:
+def _normalize_all(cfg: CfgNode) -> List[Planned]:
     """Check every entry's keys and format; returns (name, format class, normalized spec)."""
     planned = []
     for name, spec in _custom_entries(cfg):
         if not isinstance(spec, dict):  # CfgNode is a dict subclass
             raise DatasetConfigError(
-                f"DATASETS.CUSTOM.{name} must be a mapping with FORMAT, ANN_FILE and "
-                f"IMAGE_ROOT, got {spec!r}. Write it like:\n"
+                f"DATASETS.CUSTOM.{name} must be a mapping with FORMAT and the format's keys, "
+                f"got {spec!r}. Write it like:\n"
                 f"  {name}: {{FORMAT: coco, ANN_FILE: path/to/annotations.json, "
                 "IMAGE_ROOT: path/to/images}"
             )
@@ -47,10 +72,22 @@ def _normalize_all(cfg: CfgNode) -> List[Tuple[str, Any, Dict[str, Any]]]:
     return planned
 
 
+def _describe_existing(name: str) -> str:
+    meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
+    if meta is None:
+        return "registered by code, no metadata"
+    shown = {
+        k: meta.get(k)
+        for k in ("evaluator_type", "json_file", "image_root", "dirname", "split")
+        if meta.get(k, None) is not None
+    }
+    return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no metadata"
+
+
 def _already_registered(name: str, spec: Dict[str, Any]) -> bool:
     """True when ``name`` is registered with exactly ``spec``; raise if with anything else."""
     if name not in DatasetCatalog:
-        if name in MetadataCatalog and MetadataCatalog.get(name).get(SPEC_METADATA_KEY):
+        if name in MetadataCatalog.list() and MetadataCatalog.get(name).get(SPEC_METADATA_KEY):
             # Left behind by an earlier registration whose DatasetCatalog entry was removed;
             # stale json_file/image_root would otherwise clash with the new values.
             MetadataCatalog.remove(name)
@@ -59,70 +96,228 @@ def _already_registered(name: str, spec: Dict[str, Any]) -> bool:
     if previous is None:
         raise DatasetConfigError(
             f"DATASETS.CUSTOM declares '{name}', but a dataset of that name is already "
-            "registered outside DATASETS.CUSTOM (a detectron2 built-in, or by code). Rename "
-            f"the entry, e.g. '{name}_custom'. To use the existing dataset, drop the entry "
-            "and list the name in DATASETS.TRAIN/TEST only."
+            "registered outside DATASETS.CUSTOM (a detectron2 built-in, or by code).\n"
+            f"  existing: {_describe_existing(name)}\n"
+            f"  declared: {spec}\n"
+            f"Rename the entry, e.g. '{name}_custom'. To use the existing dataset, drop the "
+            "entry and list the name in DATASETS.TRAIN/TEST only."
         )
     if previous != spec:
         changed = sorted(k for k in set(previous) | set(spec) if previous.get(k) != spec.get(k))
         details = "; ".join(f"{k}: {previous.get(k)!r} -> {spec.get(k)!r}" for k in changed)
         raise DatasetConfigError(
             f"Dataset '{name}' is already registered in this process with a different spec "
-            f"({details}). Give the new entry another name in DATASETS.CUSTOM, or call "
-            f"DatasetCatalog.remove('{name}') and MetadataCatalog.remove('{name}') first."
+            f"({details}).\n  registered: {previous}\n  declared:   {spec}\nGive the new "
+            f"entry another name in DATASETS.CUSTOM, or call DatasetCatalog.remove('{name}') "
+            f"and MetadataCatalog.remove('{name}') first."
         )
     return True
 
 
+def validation_mode(cfg: CfgNode) -> str:
+    """``DATASETS.VALIDATION`` (error, warn or off); ``DATASETS.VALIDATE False`` means off.
+
+    Raises:
+        DatasetConfigError: an unknown value.
+    """
+    if not cfg.DATASETS.get("VALIDATE", True):
+        return "off"
+    mode = cfg.DATASETS.get("VALIDATION", "error")
+    mode = str(mode).strip().lower() if mode is not False else "off"
+    if mode not in _MODES:
+        raise DatasetConfigError(
+            f"DATASETS.VALIDATION is {mode!r}; use one of {list(_MODES)} (error: problems stop "
+            "the run, warn: they are fixed and logged, off: no checks before training)."
+        )
+    return mode
+
+
+def check_options(cfg: CfgNode, mode: str) -> CheckOptions:
+    """The record-check options of a run, from its config.
+
+    Raises:
+        DatasetConfigError: an unknown ``DATASETS.BOX_OUTSIDE_IMAGE``.
+    """
+    box = str(cfg.DATASETS.get("BOX_OUTSIDE_IMAGE", "clip")).strip().lower()
+    if box not in ("clip", "drop"):
+        raise DatasetConfigError(
+            f"DATASETS.BOX_OUTSIDE_IMAGE is {box!r}; use clip (cut boxes at the image border) "
+            "or drop (remove them)."
+        )
+    return CheckOptions(
+        check_sizes=mode != "off",
+        box_outside=box,
+        filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
+        workers=int(cfg.DATASETS.get("VALIDATION_WORKERS", 0)),
+    )
+
+
+def _set_metadata(name: str, scanned: ScannedDataset, spec: Optional[Dict[str, Any]]) -> None:
+    meta = MetadataCatalog.get(name)
+    values = {
+        "json_file": scanned.json_file,
+        "image_root": scanned.image_root,
+        "evaluator_type": "coco",
+        "thing_classes": list(scanned.thing_classes),
+        "thing_dataset_id_to_contiguous_id": dict(scanned.id_map),
+    }
+    if spec is not None:
+        values[SPEC_METADATA_KEY] = spec
+    for key, value in values.items():
+        if meta.get(key, None) is not None and meta.get(key) != value:
+            # A reload after the files changed: Metadata refuses to overwrite a value.
+            vars(meta).pop(key)
+    meta.set(**values)
+
+
+def _lazy_loader(
+    name: str, fmt: DatasetFormat, spec: Dict[str, Any], options: CheckOptions, cache_dir: str
+) -> Callable[[], List[Dict[str, Any]]]:
+    """A loader that checks the dataset (applying the fixes) when it is first loaded."""
+
+    def load() -> List[Dict[str, Any]]:
+        report = ValidationReport()
+        scanned, data = scan_dataset(name, fmt, spec, options, report, cache_dir, keep_data=True)
+        if report.has(ERROR) or report.has(WARNING):
+            logger.warning(
+                f"Dataset '{name}' was not validated before this run; loading it applied these "
+                f"fixes:\n{report.table()}"
+            )
+        _set_metadata(name, scanned, None)
+        if data is None:
+            return load_dataset_dicts(scanned)
+        return to_dataset_dicts(data, scanned.image_root, scanned.id_map)
+
+    return load
+
+
+def _names_in(cfg: CfgNode, key: str) -> List[str]:
+    value = cfg.DATASETS.get(key, ())
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _emit(cfg: CfgNode, report: ValidationReport, mode: str) -> Optional[str]:
+    """Log the report as a table and write it to OUTPUT_DIR; returns the JSON path."""
+    level = logging.WARNING if not report.clean else logging.INFO
+    logger.log(level, f"Dataset validation report ({mode}):\n{report.table()}")
+    out_dir = cfg.get("OUTPUT_DIR", "")
+    if not out_dir:
+        return None
+    from detectron2.utils import comm
+
+    if not comm.is_main_process():
+        return None
+    path = os.path.join(out_dir, REPORT_FILE)
+    try:
+        report.write_json(path)
+    except OSError as e:
+        logger.warning(f"Could not write the dataset report to '{path}': {e.strerror}")
+        return None
+    return path
+
+
+def register_and_report(
+    cfg: CfgNode, raise_on_errors: bool = True
+) -> Tuple[List[str], ValidationReport, Dict[str, ScannedDataset]]:
+    """Register every dataset of ``DATASETS.CUSTOM``; check those the run uses.
+
+    In order: every entry's keys and format; name conflicts; then, unless
+    ``DATASETS.VALIDATION`` is off, the files and records of each dataset named in
+    ``DATASETS.TRAIN``/``TEST`` and the checks across them, all collected into one report
+    (logged as a table, written to ``OUTPUT_DIR/dataset_report.json``). Only then does
+    registration start, so an error leaves the catalogs untouched. Registering the same
+    name with the same spec again is a no-op, and not validated again.
+
+    Args:
+        cfg: a config extended by ``add_efficient_ckpt_config`` and merged.
+        raise_on_errors: raise when the report has errors and the mode is ``error``; False
+            registers with the fixes applied (``tools/check_dataset.py``).
+
+    Returns:
+        The declared names, the report, and the checked datasets by name.
+
+    Raises:
+        DatasetConfigError: a bad entry or config value, or a name clash.
+        DatasetValidationError: the report has errors under ``DATASETS.VALIDATION error``,
+            or a dataset cannot be read at all.
+    """
+    planned = _normalize_all(cfg)
+    mode = validation_mode(cfg)
+    options = check_options(cfg, mode)
+    cache_dir = default_cache_dir(cfg.DATASETS.get("CACHE_DIR", ""))
+    # Name conflicts are cheap to find, so they are reported before any file is read.
+    todo = [(n, f, s) for n, f, s in planned if not _already_registered(n, s)]
+    used = set(_names_in(cfg, "TRAIN")) | set(_names_in(cfg, "TEST"))
+    report = ValidationReport()
+    scanned: Dict[str, ScannedDataset] = {}
+    if mode != "off":
+        for name, fmt, spec in todo:
+            if name in used:
+                scanned[name] = scan_dataset(name, fmt, spec, options, report, cache_dir)[0]
+        if scanned:
+            classes = {n: s.thing_classes for n, s in scanned.items()}
+            for name in used - set(classes):
+                known = (
+                    MetadataCatalog.get(name).get("thing_classes", None)
+                    if (name in MetadataCatalog.list())
+                    else None
+                )
+                if known is not None:
+                    classes[name] = list(known)
+            check_cross_dataset(cfg, classes, report.summaries, report)
+            path = _emit(cfg, report, mode)
+            if raise_on_errors and mode == "error" and report.has(ERROR):
+                where = f" The full report is in '{path}'." if path else ""
+                raise DatasetValidationError(
+                    "Dataset validation found problems (DATASETS.VALIDATION error); nothing "
+                    f"was registered.{where} Fix them, or set DATASETS.VALIDATION warn to apply "
+                    f"the listed actions and train anyway:\n{report.describe(ERROR)}"
+                )
+
+    started: List[str] = []
+    try:
+        for name, fmt, spec in todo:
+            # Recorded before registering: a failure inside may leave a partial entry.
+            started.append(name)
+            if name in scanned:
+                scan = scanned[name]
+                DatasetCatalog.register(name, lambda scan=scan: load_dataset_dicts(scan))
+                _set_metadata(name, scan, spec)
+                logger.info(f"Category mapping of '{name}':\n{category_table(scan)}")
+            else:
+                DatasetCatalog.register(name, _lazy_loader(name, fmt, spec, options, cache_dir))
+                MetadataCatalog.get(name).set(evaluator_type="coco", **{SPEC_METADATA_KEY: spec})
+    except Exception:
+        # Roll back, so one failing registration leaves no half-registered set behind.
+        for name in started:
+            DatasetCatalog.pop(name, None)
+            MetadataCatalog.pop(name, None)
+        raise
+    if todo:
+        lazy = [n for n, _, _ in todo if n not in scanned]
+        logger.info(
+            f"Registered datasets from DATASETS.CUSTOM: {', '.join(n for n, _, _ in todo)}"
+            + (
+                f" ({', '.join(lazy)} without validation: checked when first loaded)"
+                if lazy
+                else ""
+            )
+        )
+    return [name for name, _, _ in planned], report, scanned
+
+
 def register_datasets_from_cfg(cfg: CfgNode) -> List[str]:
-    """Register every dataset declared under ``cfg.DATASETS.CUSTOM``.
-
-    All entries are checked before any is registered, so a bad entry leaves the catalogs
-    untouched: first keys and formats, then name conflicts, then (when
-    ``cfg.DATASETS.VALIDATE``) the files and records; only then does registration start.
-    Registering the same name with the same spec again in one process is a no-op, and is
-    not validated again.
-
-    Relative ``ANN_FILE``/``IMAGE_ROOT`` paths are resolved against the current working
-    directory at the time of this call.
+    """Register every dataset of ``DATASETS.CUSTOM``; see :func:`register_and_report`.
 
     Args:
         cfg: a config extended by ``add_efficient_ckpt_config`` and merged.
 
     Returns:
         The names declared under ``DATASETS.CUSTOM``, newly registered or already present.
-
-    Raises:
-        DatasetConfigError: an entry has a missing/unknown key or an unknown ``FORMAT``, or
-            its name is taken by a built-in dataset or by a registration with another spec.
-        DatasetValidationError: validation is on and a dataset's files or records are bad.
     """
-    planned = _normalize_all(cfg)
-    # Name conflicts are cheap to find, so they are reported before any file is read.
-    todo = [(name, fmt, spec) for name, fmt, spec in planned if not _already_registered(name, spec)]
-    if cfg.DATASETS.get("VALIDATE", True):
-        for name, fmt, spec in todo:
-            logger.info(f"Validated dataset '{name}': {fmt.validate(name, spec)}")
-
-    started: List[str] = []
-    try:
-        for name, fmt, spec in todo:
-            # Recorded before register(): a failure inside it may leave a partial entry.
-            started.append(name)
-            fmt.register(name, spec)
-            MetadataCatalog.get(name).set(**{SPEC_METADATA_KEY: spec})
-    except Exception:
-        # Roll back, so one failing register() leaves no half-registered set behind.
-        for name in started:
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-        raise
-    if todo:
-        logger.info(
-            "Registered datasets from DATASETS.CUSTOM: "
-            + ", ".join(f"{n} ({s['FORMAT']}: {s['ANN_FILE']})" for n, _, s in todo)
-        )
-    return [name for name, _, _ in planned]
+    return register_and_report(cfg)[0]
 
 
 def _thing_classes(name: str) -> List[str]:
@@ -144,7 +339,8 @@ def _thing_classes(name: str) -> List[str]:
 def check_num_classes(cfg: CfgNode) -> None:
     """Check, or set, ``MODEL.ROI_HEADS.NUM_CLASSES`` from the training datasets' classes.
 
-    Every dataset in ``DATASETS.TRAIN`` must have the same ``thing_classes``; datasets whose
+    Every dataset in ``DATASETS.TRAIN`` must have the same ``thing_classes``, and so must
+    every dataset of ``DATASETS.TEST`` whose classes are known; training datasets whose
     metadata lacks them are loaded once through ``DatasetCatalog.get`` to fill them. With
     ``DATASETS.NUM_CLASSES_FROM_DATA`` the count is written into the config (a frozen config
     is unfrozen for that write and frozen again); otherwise a different value is an error.
@@ -154,20 +350,29 @@ def check_num_classes(cfg: CfgNode) -> None:
         cfg: the merged config, with the datasets of ``DATASETS.TRAIN`` registered.
 
     Raises:
-        DatasetConfigError: the training datasets disagree on their classes, or
+        DatasetConfigError: the datasets disagree on their classes, or
             ``NUM_CLASSES`` differs from their number and is not taken from the data.
     """
     names = list(dict.fromkeys(cfg.DATASETS.TRAIN))
     if not names:
         return
     reference = _thing_classes(names[0])
-    for other in names[1:]:
+    tests = [
+        n
+        for n in dict.fromkeys(cfg.DATASETS.TEST)
+        if n not in names
+        and n in MetadataCatalog.list()
+        and MetadataCatalog.get(n).get("thing_classes", None) is not None
+    ]
+    for other in names[1:] + tests:
         classes = _thing_classes(other)
         if classes != reference:
+            key = "TRAIN" if other in names else "TEST"
             raise DatasetConfigError(
-                f"The datasets in DATASETS.TRAIN disagree on their classes: '{names[0]}' has "
-                f"{reference} but '{other}' has {classes}. One model head needs one class "
-                "list: make the categories (names and id order) identical in all of them."
+                f"'{other}' in DATASETS.{key} has other classes than '{names[0]}' in "
+                f"DATASETS.TRAIN: [{short_names(classes)}] vs [{short_names(reference)}]. One "
+                "model head needs one class list: make the categories (names and id order) "
+                "identical in all datasets of the run."
             )
     num = len(reference)
     configured = cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -183,13 +388,13 @@ def check_num_classes(cfg: CfgNode) -> None:
                     cfg.freeze()
             logger.info(
                 f"Set MODEL.ROI_HEADS.NUM_CLASSES to {num} (was {configured}) from the "
-                f"classes of {sources}: {', '.join(reference)}."
+                f"classes of {sources}: {short_names(reference)}."
             )
         return
     if configured != num:
         raise DatasetConfigError(
             f"MODEL.ROI_HEADS.NUM_CLASSES is {configured}, but the training dataset(s) {sources} "
-            f"have {num} classes ({', '.join(reference)}). Set MODEL.ROI_HEADS.NUM_CLASSES "
+            f"have {num} classes ({short_names(reference)}). Set MODEL.ROI_HEADS.NUM_CLASSES "
             f"{num} or DATASETS.NUM_CLASSES_FROM_DATA True."
         )
 

@@ -1,4 +1,5 @@
-"""A small synthetic detection dataset in COCO format: bright shapes on dark, noisy images.
+"""A small synthetic detection dataset: bright shapes on dark, noisy images, in COCO, Pascal
+VOC and YOLO layouts.
 
 It exists so the whole pipeline (registration, training, checkpointing, evaluation) can be
 exercised on a CPU in minutes without downloading anything. Output layout under ``out_dir``::
@@ -6,6 +7,12 @@ exercised on a CPU in minutes without downloading anything. Output layout under 
     annotations/train.json  annotations/val.json   COCO instances, category ids 1..3
     images/train/000001.jpg ...                    one JPEG per image
     images/val/000001.jpg ...
+    voc/Annotations/train_000001.xml ...           Pascal VOC (formats: voc)
+    voc/ImageSets/Main/train.txt, val.txt
+    voc/JPEGImages/train_000001.jpg ...            hard links to the same JPEGs
+    yolo/data.yaml                                 Ultralytics layout (formats: yolo)
+    yolo/images/train/000001.jpg ...               hard links to the same JPEGs
+    yolo/labels/train/000001.txt ...               "class cx cy w h", normalized
     manifest.json                                  parameters, written last
 
 Everything is a pure function of the parameters: the same seed gives byte-identical files
@@ -22,9 +29,11 @@ import colorsys
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
+from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,7 +58,8 @@ _CATEGORY_ID = {c["name"]: c["id"] for c in TOY_CATEGORIES}
 
 MANIFEST_NAME = "manifest.json"
 # Bump when the rendering changes, so old outputs are regenerated instead of reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+FORMATS = ("coco", "voc", "yolo")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
 _MAX_IOU = 0.3
@@ -65,6 +75,8 @@ class ToySplit:
     image_root: str
     num_images: int
     num_annotations: int
+    #: The same split in the other layouts: ``{"voc": {"ROOT", "SPLIT"}, "yolo": {...}}``.
+    layouts: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,7 +84,7 @@ class ToyDataset:
     """Result of :func:`generate_toy_dataset`."""
 
     out_dir: str
-    params: Dict[str, int]
+    params: Dict[str, Any]
     #: True when a manifest with the same parameters was found and nothing was written.
     skipped: bool
     splits: Dict[str, ToySplit] = field(default_factory=dict)
@@ -238,7 +250,9 @@ def _file_name(index: int) -> str:
     return f"{index + 1:06d}.jpg"
 
 
-def _write_split(out_dir: str, split: str, num: int, size: int, seed: int) -> ToySplit:
+def _write_split(
+    out_dir: str, split: str, num: int, size: int, seed: int, formats: Sequence[str]
+) -> ToySplit:
     ann_file, image_root = _split_paths(out_dir, split)
     os.makedirs(image_root, exist_ok=True)
     images, annotations = [], []
@@ -267,10 +281,106 @@ def _write_split(out_dir: str, split: str, num: int, size: int, seed: int) -> To
         "categories": TOY_CATEGORIES,
     }
     _write_json(ann_file, coco)
-    return ToySplit(ann_file, image_root, len(images), len(annotations))
+    layouts = _layouts(out_dir, split, formats)
+    if "voc" in formats:
+        _write_voc(out_dir, split, coco, size)
+    if "yolo" in formats:
+        _write_yolo(out_dir, split, coco, size)
+    return ToySplit(ann_file, image_root, len(images), len(annotations), layouts)
 
 
-def _existing(out_dir: str, params: Dict[str, int]) -> Dict[str, ToySplit]:
+def _layouts(out_dir: str, split: str, formats: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """DATASETS.CUSTOM keys (besides FORMAT) of one split in the VOC and YOLO layouts."""
+    out = {}
+    if "voc" in formats:
+        out["voc"] = {"ROOT": os.path.join(out_dir, "voc"), "SPLIT": split}
+    if "yolo" in formats:
+        out["yolo"] = {"DATA_YAML": os.path.join(out_dir, "yolo", "data.yaml"), "SPLIT": split}
+    return out
+
+
+def _link(src: str, dst: str) -> None:
+    # A hard link costs no space; a copy is the fallback across file systems.
+    if os.path.lexists(dst):
+        os.remove(dst)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _voc_xml(file_id: str, size: int, objects: List[Dict[str, Any]]) -> str:
+    lines = [
+        "<annotation>",
+        f"  <filename>{escape(file_id)}.jpg</filename>",
+        f"  <size><width>{size}</width><height>{size}</height><depth>3</depth></size>",
+    ]
+    for obj in objects:
+        x, y, w, h = obj["bbox"]
+        # VOC pixel indices are 1-based and inclusive.
+        box = (int(x) + 1, int(y) + 1, int(x + w), int(y + h))
+        lines += [
+            "  <object>",
+            f"    <name>{escape(obj['name'])}</name>",
+            "    <difficult>0</difficult>",
+            "    <bndbox><xmin>{}</xmin><ymin>{}</ymin>".format(*box[:2])
+            + "<xmax>{}</xmax><ymax>{}</ymax></bndbox>".format(*box[2:]),
+            "  </object>",
+        ]
+    return "\n".join(lines + ["</annotation>", ""])
+
+
+def _write_voc(out_dir: str, split: str, coco: Dict[str, Any], size: int) -> Dict[str, str]:
+    root = os.path.join(out_dir, "voc")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    per_image: Dict[int, List[Dict[str, Any]]] = {}
+    for ann in coco["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(
+            {"bbox": ann["bbox"], "name": names[ann["category_id"]]}
+        )
+    _, image_root = _split_paths(out_dir, split)
+    ids = []
+    for img in coco["images"]:
+        file_id = f"{split}_{os.path.splitext(img['file_name'])[0]}"
+        ids.append(file_id)
+        _link(
+            os.path.join(image_root, img["file_name"]),
+            os.path.join(root, "JPEGImages", f"{file_id}.jpg"),
+        )
+        with open(os.path.join(root, "Annotations", f"{file_id}.xml"), "w") as f:
+            f.write(_voc_xml(file_id, size, per_image.get(img["id"], [])))
+    with open(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+        f.write("".join(f"{i}\n" for i in ids))
+    return {"ROOT": root, "SPLIT": split}
+
+
+def _write_yolo(out_dir: str, split: str, coco: Dict[str, Any], size: int) -> Dict[str, str]:
+    root = os.path.join(out_dir, "yolo")
+    images, labels = os.path.join(root, "images", split), os.path.join(root, "labels", split)
+    os.makedirs(images, exist_ok=True)
+    os.makedirs(labels, exist_ok=True)
+    lines: Dict[int, List[str]] = {}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        lines.setdefault(ann["image_id"], []).append(
+            f"{ann['category_id'] - 1} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} "
+            f"{w / size:.6f} {h / size:.6f}\n"
+        )
+    _, image_root = _split_paths(out_dir, split)
+    for img in coco["images"]:
+        _link(os.path.join(image_root, img["file_name"]), os.path.join(images, img["file_name"]))
+        stem = os.path.splitext(img["file_name"])[0]
+        with open(os.path.join(labels, f"{stem}.txt"), "w") as f:
+            f.write("".join(lines.get(img["id"], [])))
+    names = "".join(f"  {c['id'] - 1}: {c['name']}\n" for c in TOY_CATEGORIES)
+    with open(os.path.join(root, "data.yaml"), "w") as f:
+        f.write(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return {"IMAGE_ROOT": images, "DATA_YAML": os.path.join(root, "data.yaml")}
+
+
+def _existing(out_dir: str, params: Dict[str, Any]) -> Dict[str, ToySplit]:
     """The splits of a previous run with the same parameters, or {} if it must be redone."""
     try:
         with open(os.path.join(out_dir, MANIFEST_NAME)) as f:
@@ -287,7 +397,13 @@ def _existing(out_dir: str, params: Dict[str, int]) -> Dict[str, ToySplit]:
             os.path.exists(os.path.join(image_root, n)) for n in names
         ):
             return {}
-        splits[split] = ToySplit(ann_file, image_root, info["num_images"], info["num_annotations"])
+        splits[split] = ToySplit(
+            ann_file,
+            image_root,
+            info["num_images"],
+            info["num_annotations"],
+            _layouts(out_dir, split, params["formats"]),
+        )
     return splits
 
 
@@ -298,6 +414,7 @@ def generate_toy_dataset(
     size: int = 256,
     seed: int = 0,
     force: bool = False,
+    formats: Sequence[str] = FORMATS,
 ) -> ToyDataset:
     """Write the toy dataset, unless ``out_dir`` already holds one with the same parameters.
 
@@ -309,6 +426,8 @@ def generate_toy_dataset(
         size: width and height of every image, in pixels (at least 64).
         seed: non-negative seed; the output is a pure function of the parameters.
         force: regenerate even when a matching ``manifest.json`` is present.
+        formats: layouts to write besides COCO (always written): any of ``voc``, ``yolo``;
+            their images are hard links to the COCO layout's JPEGs.
 
     Returns:
         Paths and counts per split, and whether generation was skipped.
@@ -322,7 +441,17 @@ def generate_toy_dataset(
         raise ValueError(f"seed must be non-negative, got {seed}.")
     if num_train < 0 or num_val < 0:
         raise ValueError(f"image counts must be non-negative, got {num_train} and {num_val}.")
-    params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; choose from {list(FORMATS)}.")
+    formats = [f for f in FORMATS if f in formats or f == "coco"]
+    params = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "size": size,
+        "seed": seed,
+        "formats": formats,
+    }
     if not force:
         splits = _existing(out_dir, params)
         if splits:
@@ -335,8 +464,8 @@ def generate_toy_dataset(
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
     splits = {
-        "train": _write_split(out_dir, "train", num_train, size, seed),
-        "val": _write_split(out_dir, "val", num_val, size, seed),
+        "train": _write_split(out_dir, "train", num_train, size, seed, formats),
+        "val": _write_split(out_dir, "val", num_val, size, seed, formats),
     }
     manifest = {
         "generator": __name__,

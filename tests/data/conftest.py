@@ -31,8 +31,12 @@ def toy_copy(toy_root, tmp_path):
 
 
 @pytest.fixture
-def cfg():
-    return add_efficient_ckpt_config(get_cfg())
+def cfg(tmp_path):
+    """A fresh config whose report and dataset cache go to the test's temp folder."""
+    cfg = add_efficient_ckpt_config(get_cfg())
+    cfg.OUTPUT_DIR = str(tmp_path / "output")
+    cfg.DATASETS.CACHE_DIR = str(tmp_path / "cache")
+    return cfg
 
 
 @pytest.fixture
@@ -69,10 +73,14 @@ def spec_for():
 
 @pytest.fixture
 def declare():
-    """``declare(cfg, name, spec)``: add ``spec`` as DATASETS.CUSTOM.<name>, as yaml would."""
+    """``declare(cfg, name, spec, split="TEST")``: add ``spec`` as DATASETS.CUSTOM.<name>, as
+    yaml would, and list the name in DATASETS.<split> (None: in no split, so not validated).
+    """
 
-    def add(cfg, name, spec):
+    def add(cfg, name, spec, split="TEST"):
         cfg.DATASETS.CUSTOM[name] = type(cfg)(spec)
+        if split and name not in cfg.DATASETS[split]:
+            cfg.DATASETS[split] = tuple(cfg.DATASETS[split]) + (name,)
         return cfg
 
     return add

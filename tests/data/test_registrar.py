@@ -154,9 +154,17 @@ def test_builtin_names_are_accepted(cfg):
 
 def test_num_classes_mismatch_names_both_numbers(cfg, toy_root, dataset_name, spec_for, declare):
     name = dataset_name()
-    declare(cfg, name, spec_for(toy_root))
-    cfg.DATASETS.TRAIN = (name,)
+    declare(cfg, name, spec_for(toy_root), split="TRAIN")
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 80
+    # Validation reports it before anything is registered ...
+    with pytest.raises(DatasetValidationError) as e:
+        register_datasets_from_cfg(cfg)
+    msg = str(e.value)
+    assert "NUM_CLASSES is 80" in msg and "has 3 classes (square, circle, triangle)" in msg
+    assert "set MODEL.ROI_HEADS.NUM_CLASSES 3 or DATASETS.NUM_CLASSES_FROM_DATA True" in msg
+    assert name not in DatasetCatalog
+    # ... and check_num_classes still refuses it without validation.
+    cfg.DATASETS.VALIDATION = "off"
     register_datasets_from_cfg(cfg)
     with pytest.raises(DatasetConfigError) as e:
         check_num_classes(cfg)
@@ -180,19 +188,27 @@ def test_num_classes_from_data_sets_it_on_frozen_cfg(
     assert cfg.is_frozen()
 
 
-def test_train_datasets_must_agree_on_classes(
-    cfg, toy_root, toy_copy, dataset_name, spec_for, declare, edit_json
+@pytest.mark.parametrize("second_split", ["TRAIN", "TEST"])
+def test_datasets_of_a_run_must_agree_on_classes(
+    cfg, toy_root, toy_copy, dataset_name, spec_for, declare, edit_json, second_split
 ):
     a, b = dataset_name("a"), dataset_name("b")
     edit_json(
         toy_copy / "annotations" / "train.json", lambda d: d["categories"][0].update(name="box")
     )
-    declare(cfg, a, spec_for(toy_root))
-    declare(cfg, b, spec_for(toy_copy))
-    cfg.DATASETS.TRAIN = (a, b)
+    declare(cfg, a, spec_for(toy_root), split="TRAIN")
+    declare(cfg, b, spec_for(toy_copy), split=second_split)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    # Also when the class count is taken from the data.
+    cfg.DATASETS.NUM_CLASSES_FROM_DATA = True
+    with pytest.raises(DatasetValidationError) as e:
+        register_datasets_from_cfg(cfg)
+    msg = str(e.value)
+    assert f"'{b}' vs '{a}': only in the first: [box]; only in the second: [square]" in msg
+    assert "identical in all datasets" in msg
+    cfg.DATASETS.VALIDATION = "warn"
     register_datasets_from_cfg(cfg)
-    with pytest.raises(DatasetConfigError, match="disagree on their classes"):
+    with pytest.raises(DatasetConfigError, match=f"'{b}' in DATASETS.{second_split} has other"):
         check_num_classes(cfg)
 
 

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from d2_efficient_ckpt.data import generate_toy_dataset, render_toy_image, validate_coco_dataset
+from d2_efficient_ckpt.data import generate_toy_dataset, render_toy_image
 
 TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "make_toy_dataset.py"
 
@@ -25,7 +25,9 @@ def test_same_seed_gives_identical_files(tmp_path):
     b = generate_toy_dataset(str(tmp_path / "b"), num_train=4, num_val=2, size=64, seed=3)
     assert not a.skipped and not b.skipped
     files_a, files_b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert len(files_a) == 2 + 4 + 2  # two jsons, six images
+    # COCO: two jsons, six images; VOC: xml + jpg per image, two split files; YOLO: jpg +
+    # txt per image, data.yaml.
+    assert len(files_a) == (2 + 6) + (12 + 2) + (12 + 1)
     assert files_a == files_b
 
 
@@ -80,10 +82,33 @@ def test_json_is_complete_coco(toy_root):
     assert all(img["width"] == img["height"] == 64 for img in data["images"])
     assert all(a["iscrowd"] == 0 and a["area"] > 0 for a in data["annotations"])
     assert len({a["id"] for a in data["annotations"]}) == len(data["annotations"])
-    summary = validate_coco_dataset(
-        "toy", str(toy_root / "annotations" / "val.json"), str(toy_root / "images" / "val")
-    )
-    assert summary.num_images == 3 and summary.thing_classes == ["square", "circle", "triangle"]
+
+
+def test_voc_and_yolo_layouts_hold_the_same_boxes(toy_root):
+    coco = json.loads((toy_root / "annotations" / "train.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    first = [a for a in coco["annotations"] if a["image_id"] == 1]
+    xml = (toy_root / "voc" / "Annotations" / "train_000001.xml").read_text()
+    for ann in first:
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        # VOC: 1-based inclusive pixel indices.
+        assert f"<name>{names[ann['category_id']]}</name>" in xml
+        assert f"<xmin>{x + 1}</xmin><ymin>{y + 1}</ymin>" in xml
+        assert f"<xmax>{x + w}</xmax><ymax>{y + h}</ymax>" in xml
+    split = (toy_root / "voc" / "ImageSets" / "Main" / "train.txt").read_text().split()
+    assert split == [f"train_{i:06d}" for i in range(1, 7)]
+    lines = (toy_root / "yolo" / "labels" / "train" / "000001.txt").read_text().splitlines()
+    assert len(lines) == len(first)
+    for ann, line in zip(first, lines):
+        cls, cx, cy, w, h = line.split()
+        x, y, bw, bh = ann["bbox"]
+        assert int(cls) == ann["category_id"] - 1
+        assert abs(float(cx) * 64 - (x + bw / 2)) < 1e-3 and abs(float(w) * 64 - bw) < 1e-3
+    assert "0: square" in (toy_root / "yolo" / "data.yaml").read_text()
+    # The layouts share the JPEGs.
+    a = (toy_root / "images" / "train" / "000001.jpg").read_bytes()
+    assert (toy_root / "voc" / "JPEGImages" / "train_000001.jpg").read_bytes() == a
+    assert (toy_root / "yolo" / "images" / "train" / "000001.jpg").read_bytes() == a
 
 
 def test_regeneration_is_skipped_for_same_params(tmp_path):
@@ -120,4 +145,10 @@ def test_cli_writes_then_skips(tmp_path, capsys):
     assert tool.main(argv) == 0
     assert "nothing written" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
-    assert manifest["params"] == {"num_train": 2, "num_val": 1, "size": 64, "seed": 0}
+    assert manifest["params"] == {
+        "num_train": 2,
+        "num_val": 1,
+        "size": 64,
+        "seed": 0,
+        "formats": ["coco", "voc", "yolo"],
+    }

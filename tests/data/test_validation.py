@@ -1,6 +1,7 @@
 """Every kind of broken dataset fails before training with a message naming record and fix."""
 
 import pytest
+from detectron2.data import DatasetCatalog
 
 from d2_efficient_ckpt.data import DatasetValidationError, register_datasets_from_cfg
 
@@ -76,6 +77,7 @@ def test_bad_bboxes_are_listed_up_to_five(broken, toy_copy, edit_json):
         [0, 0, True, 4],
         [0, 0, 4, None],
         [0, 0, float("nan"), 3],
+        [0, 0, "a", 1],
     ]
 
     def mutate(d):
@@ -86,10 +88,11 @@ def test_bad_bboxes_are_listed_up_to_five(broken, toy_copy, edit_json):
 
     edit_json(toy_copy / "annotations" / "train.json", mutate)
     msg = broken()
-    assert f"- {len(bad)} annotations with a bad bbox" in msg
+    assert "2 degenerate boxes (width or height <= 0)" in msg
     assert "annotation id 1: bbox [0, 0, 0, 5]" in msg
+    assert "6 annotations with a bad bbox" in msg
     assert "annotation id 4: bbox '1,2,3,4'" in msg
-    assert f"... and {len(bad) - 5} more" in msg
+    assert "... and 1 more" in msg
     assert "width > 0 and height > 0" in msg
 
 
@@ -108,16 +111,26 @@ def test_unknown_category_and_duplicate_ids(broken, toy_copy, edit_json):
 def test_missing_image_file(broken, toy_copy):
     (toy_copy / "images" / "train" / "000003.jpg").unlink()
     msg = broken()
-    assert "image files not found on disk" in msg and "image id 3: '000003.jpg'" in msg
-    assert "restore the missing files" in msg
+    assert "image files not found" in msg and "image id 3: '000003.jpg'" in msg
+    assert "restore the files under IMAGE_ROOT" in msg
 
 
 def test_all_images_missing_points_at_image_root(broken, toy_copy):
     (toy_copy / "images" / "empty").mkdir()
     msg = broken(IMAGE_ROOT=str(toy_copy / "images" / "empty"))
-    assert "IMAGE_ROOT is probably wrong" in msg
+    assert "images/empty' is probably wrong" in msg
 
 
-def test_image_without_size(broken, toy_copy, edit_json):
+def test_image_without_size_is_read_from_the_file(
+    cfg, toy_copy, dataset_name, spec_for, declare, edit_json
+):
     edit_json(toy_copy / "annotations" / "train.json", lambda d: d["images"][0].pop("height"))
-    assert "image id 1: height=None" in broken()
+    name = dataset_name()
+    register_datasets_from_cfg(declare(cfg, name, spec_for(toy_copy)))
+    assert DatasetCatalog.get(name)[0]["height"] == 64
+
+
+def test_image_with_a_bad_size(broken, toy_copy, edit_json):
+    edit_json(toy_copy / "annotations" / "train.json", lambda d: d["images"][0].update(height="64"))
+    msg = broken()
+    assert 'images with a bad "width"/"height"' in msg and "image id 1: height='64'" in msg
