@@ -25,7 +25,7 @@ from .errors import CheckpointConfigError, CheckpointFormatError
 from .explain import explain
 from .parity import count_params, rename_metadata, resizable_keys, resolve_missing, tied_keys
 from .policy import check_policy, enforce_policy
-from .prefetch import MappedFile
+from .prefetch import FileReader, MappedFile
 from .readers import open_checkpoint
 from .report import LoadReport
 from .restore import (
@@ -332,14 +332,13 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         metadata = getattr(state, "_metadata", None)
         model_sd = self.model.state_dict()
         self._model_shapes = {
-            k: tuple(v.shape)
-            for k, v in model_sd.items()
-            if not torch.nn.parameter.is_lazy(v)
+            k: tuple(v.shape) for k, v in model_sd.items() if not torch.nn.parameter.is_lazy(v)
         }
         report.num_keys_model = len(model_sd)
         if checkpoint.pop("matching_heuristics", False):
             # Name-matching heuristics need every tensor; zoo files are small and eager.
-            full = {k: as_tensor(v) for k, v in state.items()}
+            with FileReader(self._mapping) as reader:
+                full = {k: _read_value(reader, v) for k, v in state.items()}
             state = align_and_update_state_dicts(
                 model_sd,
                 full,
@@ -393,7 +392,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             # The entries a resume restores next are read from disk while the model copies.
             self._mapping.prefetch(self._wanted_entry_tensors(checkpoint))
         metadata = rename_metadata(metadata, names)  # module versions follow renamed keys
-        report.loaded = copy_into_model(self.model, to_copy, metadata)
+        with FileReader(self._mapping) as reader:
+            report.loaded = copy_into_model(self.model, to_copy, metadata, reader)
         tied = tied_keys(self.model, model_sd)
         report.missing, report.tied, report.filled = resolve_missing(
             report.missing, report.loaded, self.model, metadata, tied
@@ -519,8 +519,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         if self._mapping is None:
             return materialize(state, device)
         if device.type != "cpu":
-            self._mapping.prefetch(tensors_in(state))  # copies to the device fault it in
-            return materialize(state, device)
+            self._mapping.prefetch(tensors_in(state))  # staged reads to the device
         with self._mapping.reader() as reader:
             return materialize(state, device, reader)
 
@@ -530,3 +529,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         if self.last_report is None:
             return False
         return self.last_report.checkpointables.get("trainer.iteration") == "restored"
+
+
+def _read_value(reader: FileReader, value: Any) -> torch.Tensor:
+    """A checkpoint value as a tensor in fresh memory (read from the file when lazy)."""
+    return reader.read(value) if isinstance(value, torch.Tensor) else as_tensor(value)

@@ -1,21 +1,93 @@
-"""Ask the kernel to read the parts of a mapped checkpoint that a load is about to use.
+"""Read the parts of a mapped checkpoint that a load uses: prefetched, and length-checked.
 
 Copying from a memory-mapped file that is not in the page cache faults page by page, with
 small reads. Announcing the byte ranges first (``POSIX_FADV_WILLNEED``) lets the kernel
-stream them with large, asynchronous reads while the copy runs. Only the selected
-tensors' ranges are announced, so keys left out are still never read.
+stream them with large, asynchronous reads. Only the selected tensors' ranges are announced,
+so keys left out are still never read.
+
+The mapping only gives tensors their shapes and file offsets. Their bytes are read with
+``pread`` into the destination (:class:`FileReader`): a read that comes back short, or a
+file whose size, inode or modification time changed since it was opened, is an error that
+names the file. Touching a mapping past the end of a file that shrank kills the process
+with ``SIGBUS``; a read cannot.
 """
 
 import ctypes
 import os
 import threading
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from .errors import CheckpointFormatError
 from .vm import MADV_RANDOM, madvise
 
-__all__ = ["MappedFile", "FileReader"]
+__all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact"]
+
+_STAGING = 4 << 20  # bytes of host staging for reads into non-CPU or converted destinations
+
+
+class FileIdentity(NamedTuple):
+    """What must not change about a file while a load reads it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of_fd(cls, fd: int) -> "FileIdentity":
+        st = os.fstat(fd)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def check(self, fd: int, path: str) -> None:
+        """Raise if the file behind ``fd`` is not the one that was opened."""
+        now = FileIdentity.of_fd(fd)
+        if now != self:
+            what = (
+                f"its size went from {self.size} to {now.size} bytes"
+                if now.size != self.size
+                else "it was replaced or rewritten"
+            )
+            raise _changed(path, what)
+
+
+def _changed(path: str, what: str) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        path,
+        f"the file changed while it was being read ({what}).",
+        "Another process may be writing it: wait for the save to finish, or load a "
+        "checkpoint that is complete.",
+    )
+
+
+def read_exact(
+    fd: int, offset: int, nbytes: int, path: str, into: Optional[torch.Tensor] = None
+) -> bytes:
+    """Read exactly ``nbytes`` at ``offset``; raise if the file ends first.
+
+    Args:
+        into: a contiguous CPU tensor of ``nbytes`` bytes to fill instead of returning bytes.
+    """
+    if into is None:
+        parts = []
+        done = 0
+        while done < nbytes:
+            chunk = os.pread(fd, min(nbytes - done, 64 << 20), offset + done)
+            if not chunk:
+                raise _changed(path, f"it ends before byte {offset + nbytes}")
+            parts.append(chunk)
+            done += len(chunk)
+        return b"".join(parts)
+    view = memoryview((ctypes.c_char * nbytes).from_address(into.data_ptr())).cast("B")
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise _changed(path, f"it ends before byte {offset + nbytes}")
+        done += got
+    return b""
+
 
 # Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
 # a left-out tensor any larger is not.
@@ -28,23 +100,42 @@ class MappedFile:
 
     Args:
         path: the file.
-        base_ptr: address of the file's first byte in this process.
+        base_ptr: address of the file's first byte in this process (0: nothing is mapped).
         size: mapped length in bytes.
+        identity: the file as it was when it was opened.
     """
 
-    def __init__(self, path: str, base_ptr: int, size: int):
-        self.path, self.base_ptr, self.size = path, base_ptr, size
+    def __init__(self, path: str, base_ptr: int, size: int, identity: FileIdentity):
+        self.path, self.base_ptr, self.size, self.identity = path, base_ptr, size, identity
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`CheckpointFormatError` if the file changed since it was opened."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise _changed(self.path, f"it can no longer be opened: {e.strerror}") from None
+        try:
+            self.identity.check(fd, self.path)
+        finally:
+            os.close(fd)
+
+    def span(self, t: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """``(file offset, bytes)`` of a contiguous tensor that views this mapping, else None."""
+        if not self.base_ptr or not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+            return None
+        start = t.untyped_storage().data_ptr() - self.base_ptr
+        n = t.untyped_storage().nbytes()
+        if start < 0 or start + n > self.size:
+            return None
+        return start, n
 
     def ranges(self, tensors: Iterable[torch.Tensor]) -> List[Tuple[int, int]]:
         """Merged ``(offset, length)`` file ranges of the tensors that view this mapping."""
         spans = []
         for t in tensors:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
-                continue
-            start = t.data_ptr() - self.base_ptr
-            n = t.numel() * t.element_size()
-            if 0 <= start and start + n <= self.size and n:
-                spans.append((start, start + n))
+            span = self.span(t)
+            if span is not None and span[1]:
+                spans.append((span[0], span[0] + span[1]))
         spans.sort()
         merged: List[List[int]] = []
         for a, b in spans:
@@ -103,51 +194,96 @@ class MappedFile:
 
 
 class FileReader:
-    """Reads tensors that view a :class:`MappedFile` straight into other host tensors.
+    """Reads tensors that view a :class:`MappedFile` into other tensors, length-checked.
 
     ``pread`` into the destination asks the kernel for exactly the tensor's bytes in large
-    requests: no page faults on the mapping and no read-ahead past the tensor.
+    requests: no page faults on the mapping and no read-ahead past the tensor. Tensors that
+    do not view the file (numpy arrays of zoo pickles, eagerly read files) are copied as
+    they are.
     """
 
-    def __init__(self, mapped: MappedFile):
+    def __init__(self, mapped: Optional[MappedFile]):
         self.mapped = mapped
         self._fd = -1
+        self._staging: Optional[torch.Tensor] = None
 
     def __enter__(self) -> "FileReader":
-        try:
-            self._fd = os.open(self.mapped.path, os.O_RDONLY)
+        if self.mapped is not None and self.mapped.base_ptr:
+            try:
+                self._fd = os.open(self.mapped.path, os.O_RDONLY)
+            except OSError as e:
+                raise _changed(self.mapped.path, f"it can no longer be opened: {e}") from None
+            self.mapped.identity.check(self._fd, self.mapped.path)
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
-        except OSError:
-            self._fd = -1
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._staging = None
 
-    def read_into(self, dst: torch.Tensor, src: torch.Tensor) -> bool:
-        """Fill ``dst`` with ``src``'s bytes from the file; ``False`` if that cannot apply."""
-        n = src.numel() * src.element_size()
-        if (
-            self._fd < 0
-            or n == 0
-            or dst.device.type != "cpu"
-            or src.device.type != "cpu"
-            or dst.dtype != src.dtype
-            or dst.shape != src.shape
-            or not (dst.is_contiguous() and src.is_contiguous())
-        ):
-            return False
-        offset = src.data_ptr() - self.mapped.base_ptr
-        if offset < 0 or offset + n > self.mapped.size:
-            return False
-        view = memoryview((ctypes.c_char * n).from_address(dst.data_ptr())).cast("B")
-        done = 0
-        while done < n:
-            got = os.preadv(self._fd, [view[done:]], offset + done)
-            if got <= 0:
-                return False  # the file shrank; the caller copies from the mapping instead
-            done += got
-        return True
+    def _file_bytes(self, src: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """File offset and length of ``src``'s elements, if it views the file densely."""
+        if self._fd < 0 or not src.is_contiguous():
+            return None
+        span = self.mapped.span(src)
+        if span is None:
+            return None
+        offset = span[0] + src.storage_offset() * src.element_size()
+        return offset, src.numel() * src.element_size()
+
+    def read(self, src: torch.Tensor) -> torch.Tensor:
+        """A fresh CPU tensor with ``src``'s values (and dtype and shape)."""
+        out = torch.empty(src.shape, dtype=src.dtype)
+        self.read_into(out, src)
+        return out
+
+    def read_into(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Fill ``dst`` (any device and dtype, same number of elements) with ``src``'s values.
+
+        Raises:
+            CheckpointFormatError: the file changed or ended before the tensor's bytes.
+        """
+        where = self._file_bytes(src) if isinstance(src, torch.Tensor) else None
+        if where is None:
+            if isinstance(src, torch.Tensor) and self.mapped is not None and self._fd >= 0:
+                span = self.mapped.span(src)
+                if span is not None:  # a strided view of the file: read its storage first
+                    raw = torch.empty(span[1], dtype=torch.uint8)
+                    read_exact(self._fd, span[0], span[1], self.mapped.path, into=raw)
+                    src = torch.empty(0, dtype=src.dtype).set_(
+                        raw.untyped_storage(), src.storage_offset(), src.shape, src.stride()
+                    )
+            dst.copy_(src.reshape(dst.shape) if src.shape != dst.shape else src)
+            return
+        offset, nbytes = where
+        direct = (
+            dst.device.type == "cpu"
+            and dst.dtype == src.dtype
+            and dst.is_contiguous()
+            and dst.numel() == src.numel()
+        )
+        if direct:
+            if nbytes:
+                read_exact(self._fd, offset, nbytes, self.mapped.path, into=dst)
+            return
+        if dst.dtype != src.dtype or not dst.is_contiguous():
+            tmp = torch.empty(src.shape, dtype=src.dtype)
+            self.read_into(tmp, src)
+            dst.copy_(tmp.reshape(dst.shape))
+            return
+        # Same dtype, contiguous, on another device: stream through one small host buffer.
+        flat = dst.view(-1).view(torch.uint8)
+        staging = self._staging_buffer(dst.device)
+        for start in range(0, nbytes, staging.numel()):
+            n = min(staging.numel(), nbytes - start)
+            read_exact(self._fd, offset + start, n, self.mapped.path, into=staging)
+            flat[start : start + n].copy_(staging[:n])
+
+    def _staging_buffer(self, device: torch.device) -> torch.Tensor:
+        if self._staging is None:
+            pin = device.type == "cuda" and torch.cuda.is_available()
+            self._staging = torch.empty(_STAGING, dtype=torch.uint8, pin_memory=pin)
+        return self._staging

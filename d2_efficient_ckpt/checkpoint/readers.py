@@ -3,15 +3,21 @@
 Formats:
     * torch zip (``torch.save`` since 1.6): memory-mapped, so storages are read only when used;
     * legacy torch (pre-zip): read eagerly, with a log line saying so;
-    * ``.safetensors``: header parsed here, tensors are zero-copy views of a private mapping;
+    * ``.safetensors``: header checked here, tensors are views of a private mapping;
     * ``.pkl``: Detectron2 or Caffe2/Detectron1 model zoo pickles;
-    * ``.pyth``: pycls checkpoints.
+    * ``.pyth``: pycls checkpoints (torch files).
+
+Every pickle runs on this package's own :mod:`.unpickler` unless the caller opts out with
+``weights_only=False``; ``torch.load`` is used only then. Tensor data is read through
+:meth:`OpenedCheckpoint.reader`, which checks that the file did not change.
 """
 
 import json
 import logging
+import math
 import os
 import pickle
+import stat
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -20,17 +26,17 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from .errors import CheckpointFormatError, UnsafeCheckpointError
-from .prefetch import MappedFile
-from .safe_unpickle import (
-    SafeGlobalError,
-    restricted_pickle_load,
-    torch_safe_globals,
-    unsafe_globals_from_error,
-)
-from .torch_zip import NotFastPath, load_torch_zip_mmap
+from .allowlist import MAX_DIMS, numpy_globals
+from .errors import CheckpointFormatError
+from .prefetch import FileIdentity, FileReader, MappedFile
+from .torch_legacy import load_torch_legacy
+from .torch_zip import load_torch_zip, pickle_error
+from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
 __all__ = ["OpenedCheckpoint", "open_checkpoint", "SafetensorsStateDict", "detect_format"]
+
+_ZOO_GLOBALS = numpy_globals()
+_MAX_HEADER = 100 * 2**20  # bytes of safetensors JSON header; real ones are far smaller
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +67,23 @@ class OpenedCheckpoint:
         format: one of ``torch-zip``, ``torch-legacy``, ``safetensors``, ``pkl-detectron2``,
             ``pkl-caffe2``, ``pyth``.
         lazy: whether tensors are still backed by the file (read on first use).
-        pickle_free: whether no pickle was involved in reading it.
-        mapping: the file mapping its tensors view, when known, for prefetching.
+        mapping: the file mapping its tensors view, when known, for prefetching and reading.
     """
 
     path: str
     data: Dict[str, Any]
     format: str
     lazy: bool
-    pickle_free: bool = False
     metadata: Dict[str, str] = field(default_factory=dict)
     mapping: Optional[MappedFile] = None
+
+    def reader(self) -> FileReader:
+        """A :class:`FileReader` for this checkpoint's tensors (use as a context manager).
+
+        Always read tensor values through it: it reads lazy tensors from the file with
+        length-checked reads and fails cleanly if the file changed since it was opened.
+        """
+        return FileReader(self.mapping)
 
 
 def detect_format(path: str) -> str:
@@ -80,11 +92,25 @@ def detect_format(path: str) -> str:
     Raises:
         CheckpointFormatError: for a missing, empty, truncated or unrecognised file.
     """
-    if not os.path.isfile(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         raise CheckpointFormatError(
             path, "the file does not exist.", "Check MODEL.WEIGHTS or the path given to load()."
+        ) from None
+    except OSError as e:
+        raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointFormatError(
+            path, "it is a directory, not a file.", "Pass the checkpoint file inside it."
         )
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointFormatError(
+            path,
+            "it is not a regular file (a pipe, socket or device).",
+            "Pass a checkpoint file on disk.",
+        )
+    if st.st_size == 0:
         raise CheckpointFormatError(
             path, "the file is empty.", "It was probably cut off during a save."
         )
@@ -94,8 +120,11 @@ def detect_format(path: str) -> str:
         return "pkl"
     if path.endswith(".pyth"):
         return "pyth"
-    with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+    except OSError as e:
+        raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(path):
             raise CheckpointFormatError(
@@ -133,16 +162,18 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     if fmt == "safetensors":
         sd = SafetensorsStateDict(path)
         return OpenedCheckpoint(
-            path, {"model": sd}, fmt, lazy=True, pickle_free=True, metadata=sd.metadata
+            path, {"model": sd}, fmt, lazy=True, metadata=sd.metadata, mapping=sd.mapped
         )
     if fmt == "pkl":
         return _open_zoo_pickle(path, weights_only)
     if fmt == "pyth":
-        data = _torch_load(path, mmap=False, weights_only=weights_only)
-        if not isinstance(data, dict) or "model_state" not in data:
+        data, _ = _read_torch(path, _torch_kind(path), mmap=False, weights_only=weights_only)
+        if not isinstance(data, dict) or not isinstance(data.get("model_state"), dict):
             raise CheckpointFormatError(path, "a .pyth file must hold a pycls 'model_state' entry.")
         model = {
-            k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")
+            k: v
+            for k, v in data["model_state"].items()
+            if not str(k).endswith("num_batches_tracked")
         }
         return OpenedCheckpoint(
             path, {"model": model, "__author__": "pycls", "matching_heuristics": True}, fmt, False
@@ -150,40 +181,46 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     if fmt == "torch-legacy":
         logger.info(f"{path} uses torch's legacy (pre-zip) format: reading it eagerly.")
     use_mmap = mmap and fmt == "torch-zip"
-    mapping = None
-    if use_mmap and weights_only:
-        try:
-            data, mapping = load_torch_zip_mmap(path)
-        except NotFastPath as e:
-            logger.debug(f"{path}: fast reader declined ({e}); using torch.load")
-        except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as e:
-            raise CheckpointFormatError(
-                path,
-                f"the torch zip archive is unreadable ({e}).",
-                "The file may be truncated or corrupt.",
-            ) from None
-    if mapping is None:
-        data = _torch_load(path, mmap=use_mmap, weights_only=weights_only)
+    data, mapping = _read_torch(path, fmt, mmap=use_mmap, weights_only=weights_only)
     return OpenedCheckpoint(path, data, fmt, lazy=use_mmap, mapping=mapping)
 
 
-def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
+def _torch_kind(path: str) -> str:
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head == _LEGACY_TORCH_MAGIC:
+        return "torch-legacy"
+    raise CheckpointFormatError(path, "a .pyth file must be a torch file (zip or legacy).")
+
+
+def _read_torch(
+    path: str, fmt: str, *, mmap: bool, weights_only: bool
+) -> Tuple[Any, Optional[MappedFile]]:
+    if not weights_only:
+        return _torch_load_trusted(path, mmap=mmap and fmt == "torch-zip"), None
     try:
-        if weights_only:
-            with torch_safe_globals():
-                return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        if fmt == "torch-zip":
+            return load_torch_zip(path, mmap=mmap)
+        return load_torch_legacy(path), None
+    except MemoryError:
+        raise CheckpointFormatError(
+            path, "it asks for more memory than this machine has.", "The file is corrupt."
+        ) from None
+    except OSError as e:
+        raise CheckpointFormatError(path, f"it cannot be read ({e.strerror or e}).") from None
+
+
+def _torch_load_trusted(path: str, *, mmap: bool) -> Any:
+    """``torch.load`` with pickle code allowed: only for files the user trusts."""
+    try:
         return torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
-    except pickle.UnpicklingError as e:
-        if weights_only and "Weights only load failed" in str(e):
-            names = unsafe_globals_from_error(
-                e, lambda: torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            )
-            raise UnsafeCheckpointError(path, names) from None
-        raise CheckpointFormatError(path, f"the pickle inside is corrupt ({e}).") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (any failure of a trusted pickle is a bad file)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointFormatError(
             path,
-            f"torch could not read it ({str(e).splitlines()[0]}).",
+            f"torch could not read it ({type(e).__name__}: {first}).",
             "The file may be truncated or not a torch checkpoint.",
         ) from None
 
@@ -191,19 +228,32 @@ def _torch_load(path: str, *, mmap: bool, weights_only: bool) -> Any:
 def _open_zoo_pickle(path: str, weights_only: bool) -> OpenedCheckpoint:
     try:
         with open(path, "rb") as f:
-            data = restricted_pickle_load(f) if weights_only else pickle.load(f, encoding="latin1")
-    except SafeGlobalError as e:
-        raise UnsafeCheckpointError(path, [e.global_name]) from None
-    except Exception as e:  # any other unpickling failure means a corrupt or foreign file
+            if weights_only:
+                data, _ = unpickle(f.read(), find_global=_find_zoo_global, encoding="latin1")
+            else:
+                data = pickle.load(f, encoding="latin1")
+    except (MalformedPickle, UnsafeGlobal) as e:
+        raise pickle_error(path, e) from None
+    except MemoryError:
+        raise CheckpointFormatError(
+            path, "it asks for more memory than this machine has."
+        ) from None
+    except OSError as e:
+        raise CheckpointFormatError(path, f"it cannot be read ({e.strerror or e}).") from None
+    except Exception as e:  # noqa: BLE001 (only with weights_only=False: a trusted pickle)
         raise CheckpointFormatError(path, f"it is not a readable pickle ({e}).") from None
     if not isinstance(data, dict):
         raise CheckpointFormatError(path, f"the pickle holds a {type(data).__name__}, not a dict.")
     if "model" in data and "__author__" in data:
+        if not isinstance(data["model"], dict):
+            raise CheckpointFormatError(path, "its 'model' entry is not a dict of arrays.")
         logger.info(f"Reading a file from '{data['__author__']}'")
         return OpenedCheckpoint(path, data, "pkl-detectron2", lazy=False)
     # Caffe2 / Detectron1 zoo: detection models keep weights under "blobs".
     blobs = data.get("blobs", data)
-    model = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    if not isinstance(blobs, dict):
+        raise CheckpointFormatError(path, "its 'blobs' entry is not a dict of arrays.")
+    model = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
     return OpenedCheckpoint(
         path,
         {"model": model, "__author__": "Caffe2", "matching_heuristics": True},
@@ -212,57 +262,56 @@ def _open_zoo_pickle(path: str, weights_only: bool) -> OpenedCheckpoint:
     )
 
 
+def _find_zoo_global(module: str, name: str) -> Any:
+    try:
+        return _ZOO_GLOBALS[(module, name)]
+    except KeyError:
+        raise UnsafeGlobal(f"{module}.{name}") from None
+
+
 class SafetensorsStateDict(Mapping):
     """Read-only mapping over a ``.safetensors`` file; each tensor is read on first use.
 
-    Values are views of one private (copy-on-write) memory map of the file, so reading a
-    key touches only its bytes, and nothing is copied until the caller copies it.
+    The header is checked completely when the file is opened: known dtypes, shapes of
+    non-negative integers, ``data_offsets`` that are in range, agree with the shape and do not
+    overlap, no duplicate names, string metadata. Values are views of one private mapping of
+    the file; read their data through :meth:`OpenedCheckpoint.reader`.
     """
 
     def __init__(self, path: str):
         self.path = path
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            raw = f.read(8)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            identity = FileIdentity.of_fd(fd)
+            size = identity.size
+            raw = os.pread(fd, 8, 0)
             if len(raw) < 8:
-                raise CheckpointFormatError(
-                    path, "not a safetensors file (shorter than its header)."
-                )
+                raise _bad_header(path, "it is shorter than its header")
             (n,) = struct.unpack("<Q", raw)
-            if n > size - 8 or n > 100 * 2**20:
-                raise CheckpointFormatError(path, "not a safetensors file (bad header length).")
-            try:
-                header = json.loads(f.read(n))
-            except ValueError:
-                raise CheckpointFormatError(
-                    path, "not a safetensors file (header is not JSON)."
-                ) from None
+            if n > size - 8 or n > _MAX_HEADER or n < 2:
+                raise _bad_header(path, f"its header length {n} does not fit the file")
+            text = os.pread(fd, n, 8)
+        finally:
+            os.close(fd)
+        if len(text) != n:
+            raise _bad_header(path, "the file changed while its header was read")
+        header = _parse_header(path, text)
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()
+        ):
+            raise _bad_header(path, "its __metadata__ is not a map of strings to strings")
         self._base = 8 + n
-        self._entries: Dict[str, Tuple[torch.dtype, Tuple[int, ...], int, int]] = {}
-        for key, info in header.items():
-            dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
-            if dtype is None:
-                raise CheckpointFormatError(
-                    path, f"tensor '{key}' has unsupported dtype {info.get('dtype')}."
-                )
-            start, end = info["data_offsets"]
-            if self._base + end > size:
-                raise CheckpointFormatError(
-                    path,
-                    f"the file is truncated: tensor '{key}' ends at byte {self._base + end} "
-                    f"but the file has {size} bytes.",
-                    "Re-export or re-download it.",
-                )
-            self._entries[key] = (dtype, tuple(info["shape"]), start, end)
-        self._bytes = None
-        self._size = size
-
-    def _buffer(self) -> torch.Tensor:
-        if self._bytes is None:
-            storage = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self._size)
-            self._bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
-        return self._bytes
+        self.data_size = size - self._base
+        self._entries = {k: _entry(path, k, v, self.data_size) for k, v in header.items()}
+        spans = sorted((e[2], e[3], k) for k, e in self._entries.items() if e[3] > e[2])
+        for (_, end, key), (start, _, other) in zip(spans, spans[1:]):
+            if start < end:
+                raise _bad_header(path, f"tensors '{key}' and '{other}' overlap")
+        storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
+        self.mapped = MappedFile(path, storage.data_ptr(), size, identity)
+        self.mapped.check_unchanged()
+        self._bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
 
     def shape(self, key: str) -> Tuple[int, ...]:
         """Shape of ``key`` without touching its data."""
@@ -272,12 +321,18 @@ class SafetensorsStateDict(Mapping):
         """dtype of ``key`` without touching its data."""
         return self._entries[key][0]
 
+    def spans(self) -> Dict[str, Tuple[int, int]]:
+        """``{key: (start, end)}`` byte offsets of each tensor within the data section."""
+        return {k: (e[2], e[3]) for k, e in self._entries.items()}
+
     def __getitem__(self, key: str) -> torch.Tensor:
         dtype, shape, start, end = self._entries[key]
-        raw = self._buffer()[self._base + start : self._base + end]
+        raw = self._bytes[self._base + start : self._base + end]
         itemsize = torch.empty((), dtype=dtype).element_size()
         if raw.storage_offset() % itemsize:
-            raw = raw.clone()  # misaligned in the file; a copy is the only legal view
+            # Misaligned in the file: a view is not legal, so read a copy, length-checked.
+            with FileReader(self.mapped) as reader:
+                raw = reader.read(raw)
         return raw.view(dtype).view(shape)
 
     def __iter__(self) -> Iterator[str]:
@@ -285,3 +340,67 @@ class SafetensorsStateDict(Mapping):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _bad_header(path: str, problem: str) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        path,
+        f"not a valid safetensors file: {problem}.",
+        "Re-export or re-download it (python -m d2_efficient_ckpt convert writes valid ones).",
+    )
+
+
+def _parse_header(path: str, text: bytes) -> Dict[str, Any]:
+    def no_duplicates(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"duplicate name '{k}'")
+            out[k] = v
+        return out
+
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates)
+    except RecursionError:
+        raise _bad_header(path, "its header is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad_header(path, f"its header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise _bad_header(path, "its header is not a JSON object")
+    return header
+
+
+def _entry(path: str, key: str, info: Any, data_size: int) -> Tuple[torch.dtype, tuple, int, int]:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise _bad_header(path, f"entry '{key}' is not {{dtype, shape, data_offsets}}")
+    dtype = _SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise _bad_header(path, f"tensor '{key}' has unsupported dtype {info['dtype']!r}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_DIMS
+        and all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise _bad_header(path, f"tensor '{key}' has an invalid shape {str(shape)[:80]}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _bad_header(path, f"tensor '{key}' has invalid data_offsets {str(offsets)[:80]}")
+    start, end = offsets
+    if end > data_size:
+        raise CheckpointFormatError(
+            path,
+            f"the file is truncated: tensor '{key}' ends at data byte {end} but the data "
+            f"section has {data_size} bytes.",
+            "Re-export or re-download it.",
+        )
+    need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if end - start != need:
+        raise _bad_header(
+            path, f"tensor '{key}' has {end - start} bytes but its shape {shape} needs {need}"
+        )
+    return dtype, tuple(shape), start, end

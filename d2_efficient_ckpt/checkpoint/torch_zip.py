@@ -1,153 +1,199 @@
-"""A fast, allowlisted reader for torch's zip checkpoint format.
+"""Read torch's zip checkpoint format (``torch.save`` since 1.6) with the safe unpickler.
 
-``torch.load(weights_only=True)`` unpickles with a pure-Python unpickler. For a training
-checkpoint that is most of the time a model-only load takes. This reader runs Python's C
-unpickler with an allowlist that is a strict subset of torch's own weights-only set
-(tensors, parameters, storages, containers, numpy arrays), and maps the file once so
-tensors are views of it, as ``torch.load(mmap=True)`` does. Anything outside the allowlist
-raises :class:`NotFastPath`, and the caller falls back to ``torch.load``.
+The archive's records are checked before anything is built: stored (not compressed), one
+record per name, local headers that agree with the central directory, records inside the
+file and not overlapping. ``data.pkl`` must match its CRC-32. The pickle then runs on
+:mod:`.unpickler` with the torch and numpy allowlists of :mod:`.allowlist`.
+
+Tensors view one private mapping of the file (as ``torch.load(mmap=True)`` does), so a load
+reads only the storages it uses. Nothing in this package copies from that mapping: data is
+read with ``pread`` calls that check their length (:class:`~.prefetch.FileReader`), so a
+file that shrinks during a load ends in an error, not in ``SIGBUS``.
 """
 
-import collections
-import io
 import os
-import pickle
 import struct
 import sys
-import warnings
 import zipfile
+import zlib
 from typing import Any, Dict, Tuple
 
 import torch
 
-from .prefetch import MappedFile
-from .safe_unpickle import RestrictedUnpickler, SafeGlobalError
+from .allowlist import StorageRef, Token, itemsize, numpy_globals, torch_globals
+from .errors import CheckpointFormatError, UnsafeCheckpointError
+from .prefetch import FileIdentity, MappedFile, read_exact
+from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
-__all__ = ["NotFastPath", "load_torch_zip_mmap"]
+__all__ = ["load_torch_zip", "find_global", "pickle_error"]
 
-_STORAGE_TYPES = (
-    "DoubleStorage", "FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage",
-    "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage",
-    "ComplexFloatStorage", "ComplexDoubleStorage",
-)  # fmt: skip
-
-
-class NotFastPath(Exception):
-    """The file needs something this reader does not do; use ``torch.load`` instead."""
+_GLOBALS = {**numpy_globals(), **torch_globals()}
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
-def _storage_dtypes() -> Dict[Any, torch.dtype]:
-    # Reading .dtype of the legacy storage classes warns that TypedStorage is deprecated.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = {
-            getattr(torch, n): getattr(torch, n).dtype for n in _STORAGE_TYPES if hasattr(torch, n)
-        }
-    out[torch.UntypedStorage] = torch.uint8
-    return out
-
-
-def _torch_globals() -> Dict[Tuple[str, str], Any]:
-    allowed = {
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-        ("torch", "UntypedStorage"): torch.UntypedStorage,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    for name in _STORAGE_TYPES:
-        if hasattr(torch, name):
-            allowed[("torch", name)] = getattr(torch, name)
-    return allowed
-
-
-class _Unpickler(RestrictedUnpickler):
-    def __init__(self, f, load_storage):
-        super().__init__(f, encoding="utf-8")
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = _TORCH_GLOBALS.get((module, name))
-        if obj is not None:
-            return obj
-        try:
-            return super().find_class(module, name)
-        except SafeGlobalError:
-            raise NotFastPath(f"{module}.{name}") from None
-
-    def persistent_load(self, saved_id: Any) -> Any:
-        if not isinstance(saved_id, tuple) or saved_id[0] not in ("storage", b"storage"):
-            raise NotFastPath(f"persistent id {saved_id!r}")
-        storage_type, key, _location, numel = saved_id[1:]
-        dtype = _STORAGE_DTYPES.get(storage_type)
-        if dtype is None:
-            raise NotFastPath(f"storage type {storage_type!r}")
-        return self._load_storage(str(key), dtype, numel)
-
-
-_TORCH_GLOBALS = _torch_globals()
-_STORAGE_DTYPES = _storage_dtypes()
-
-
-def _data_offsets(path: str, zf: zipfile.ZipFile) -> Tuple[str, Dict[str, Tuple[int, int]]]:
-    infos = zf.infolist()
-    prefix = next(
-        (i.filename[: -len("data.pkl")] for i in infos if i.filename.endswith("/data.pkl")), None
-    )
-    if prefix is None:
-        raise NotFastPath("no data.pkl record")
-    offsets: Dict[str, Tuple[int, int]] = {}
-    fd = os.open(path, os.O_RDONLY)
+def find_global(module: str, name: str) -> Any:
+    """The allowlisted object for a global of a torch or numpy pickle."""
     try:
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is not None:
-            # Local headers sit between the records; ask for all of them at once so a cold
-            # file costs one batch of small reads instead of one round trip per record.
-            for info in infos:
-                advise(fd, info.header_offset, 30 + len(info.filename), os.POSIX_FADV_WILLNEED)
+        return _GLOBALS[(module, name)]
+    except KeyError:
+        raise UnsafeGlobal(f"{module}.{name}") from None
+
+
+def pickle_error(path: str, err: Exception) -> Exception:
+    """The project's error for a failure of :func:`~.unpickler.unpickle` on ``path``."""
+    if isinstance(err, UnsafeGlobal):
+        return UnsafeCheckpointError(path, [err.global_name])
+    return CheckpointFormatError(
+        path,
+        f"its pickle is corrupt or holds something that is not data: {err}.",
+        "The file is damaged or was not written by torch.save; re-download or re-export it.",
+    )
+
+
+def _records(path: str, fd: int, size: int) -> Tuple[str, Dict[str, Tuple[int, int, int]]]:
+    """``(prefix, {name: (data offset, size, crc)})`` of the archive, all checked."""
+    try:
+        with open(fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointFormatError(
+            path,
+            f"the torch zip archive is truncated or corrupt ({e}).",
+            "The save was probably interrupted; load an earlier checkpoint.",
+        ) from None
+    if hasattr(os, "posix_fadvise"):
+        # Only small, exact ranges are read here (local headers, data.pkl). Without this,
+        # each header read would pull the kernel's read-ahead window of tensor data into
+        # the page cache, including tensors the load leaves out. The headers are announced
+        # together so that a cold file costs one batch of reads, not one per record.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         for info in infos:
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise NotFastPath(f"compressed record {info.filename}")
-            head = os.pread(fd, 30, info.header_offset)
-            if len(head) != 30 or head[:4] != b"PK\x03\x04":
-                raise NotFastPath(f"bad local header for {info.filename}")
-            name_len, extra_len = struct.unpack("<HH", head[26:30])
-            start = info.header_offset + 30 + name_len + extra_len
-            offsets[info.filename] = (start, info.file_size)
-    finally:
-        os.close(fd)
-    return prefix, offsets
+            os.posix_fadvise(
+                fd, info.header_offset, 30 + len(info.filename) + 64, os.POSIX_FADV_WILLNEED
+            )
+    records: Dict[str, Tuple[int, int, int]] = {}
+    spans = []
+    for info in infos:
+        name = info.filename
+        if name in records:
+            raise CheckpointFormatError(
+                path, f"the archive holds the record '{name}' twice.", "The file is corrupt."
+            )
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise CheckpointFormatError(
+                path,
+                f"record '{name}' is compressed or encrypted; torch.save never writes such "
+                "records.",
+                "Re-save the checkpoint with torch.save.",
+            )
+        encoded = name.encode("utf-8", "surrogateescape")
+        head = read_exact(fd, info.header_offset, 30 + len(encoded), path)
+        magic, name_len, extra_len = _LOCAL_HEADER.unpack_from(head)
+        if magic != b"PK\x03\x04" or name_len != len(encoded) or head[30:] != encoded:
+            raise CheckpointFormatError(
+                path, f"record '{name}' has a damaged local header.", "The file is corrupt."
+            )
+        start = info.header_offset + 30 + name_len + extra_len
+        if info.file_size != info.compress_size or start + info.file_size > size:
+            raise CheckpointFormatError(
+                path,
+                f"record '{name}' runs past the end of the file.",
+                "The file is truncated; load an earlier checkpoint.",
+            )
+        records[name] = (start, info.file_size, info.CRC)
+        spans.append((info.header_offset, start + info.file_size, name))
+    spans.sort()
+    for (_, end, name), (nxt, _, other) in zip(spans, spans[1:]):
+        if nxt < end:
+            raise CheckpointFormatError(
+                path, f"records '{name}' and '{other}' overlap.", "The file is corrupt."
+            )
+    pickles = [n for n in records if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise CheckpointFormatError(
+            path, "the archive does not hold exactly one data.pkl record.", "The file is corrupt."
+        )
+    return pickles[0][: -len("data.pkl")], records
 
 
-def load_torch_zip_mmap(path: str) -> Tuple[Any, MappedFile]:
-    """Unpickle a torch zip checkpoint with tensors backed by a private map of the file.
+def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:
+    """Unpickle a torch zip checkpoint safely.
+
+    Args:
+        path: a local file.
+        mmap: tensors view a private mapping of the file (read when used); ``False`` reads
+            every storage into fresh memory now.
 
     Returns:
-        The unpickled object, and the :class:`MappedFile` its tensors view.
+        The unpickled object and the :class:`MappedFile` its tensors view.
 
     Raises:
-        NotFastPath: the file uses a global, a persistent id or a layout this reader does
-            not handle; ``torch.load(mmap=True, weights_only=True)`` can still read it.
+        CheckpointFormatError: a damaged archive or pickle, or one that is not data.
+        UnsafeCheckpointError: the pickle names a global outside the allowlist.
     """
-    with zipfile.ZipFile(path) as zf:
-        prefix, offsets = _data_offsets(path, zf)
-        order = prefix + "byteorder"
-        if order in offsets and zf.read(order).decode() != sys.byteorder:
-            raise NotFastPath("byte order differs from this machine's")
-        pkl = zf.read(prefix + "data.pkl")
-    size = max(start + n for start, n in offsets.values())
-    whole = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
-    cache: Dict[str, Any] = {}
-
-    def load_storage(key: str, dtype: torch.dtype, numel: int) -> Any:
-        if key not in cache:
-            start, nbytes = offsets[f"{prefix}data/{key}"]
-            cache[key] = torch.storage.TypedStorage(
-                wrap_storage=whole[start : start + nbytes], dtype=dtype, _internal=True
-            )
-        return cache[key]
-
+    fd = os.open(path, os.O_RDONLY)
     try:
-        obj = _Unpickler(io.BytesIO(pkl), load_storage).load()
-    except (pickle.UnpicklingError, KeyError, AttributeError, TypeError) as e:
-        raise NotFastPath(str(e)) from None
-    return obj, MappedFile(path, whole.data_ptr(), size)
+        identity = FileIdentity.of_fd(fd)
+        prefix, records = _records(path, fd, identity.size)
+        order = records.get(prefix + "byteorder")
+        if order is not None:
+            text = read_exact(fd, order[0], order[1], path)
+            if text not in (b"little", b"big"):
+                raise CheckpointFormatError(path, "its byteorder record is damaged.")
+            if text.decode() != sys.byteorder:
+                raise CheckpointFormatError(
+                    path,
+                    f"it was saved on a {text.decode()}-endian machine.",
+                    "Load it with torch.load on a trusted machine and save it again here.",
+                )
+        start, nbytes, crc = records[prefix + "data.pkl"]
+        pkl = read_exact(fd, start, nbytes, path)
+        if zlib.crc32(pkl) != crc:
+            raise CheckpointFormatError(
+                path, "its data.pkl record fails its CRC check.", "The file is corrupt."
+            )
+        if mmap:
+            whole = torch.UntypedStorage.from_file(path, shared=False, nbytes=identity.size)
+            mapped = MappedFile(path, whole.data_ptr(), identity.size, identity)
+            mapped.check_unchanged()  # the mapping must not extend past the file's end
+        else:
+            whole, mapped = None, MappedFile(path, 0, 0, identity)
+        storages: Dict[str, StorageRef] = {}
+
+        def persistent_load(pid: Any) -> StorageRef:
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+                raise MalformedPickle(f"unknown persistent id {str(pid)[:80]}")
+            _, kind, key, _location, numel = pid
+            if not (isinstance(kind, Token) and isinstance(kind.value, torch.dtype)):
+                raise MalformedPickle("a storage of an unknown type")
+            if not (isinstance(key, str) and type(numel) is int and numel >= 0):
+                raise MalformedPickle("a storage id that is not a name and a size")
+            ref = storages.get(key)
+            if ref is not None:
+                if ref.dtype != kind.value:
+                    raise MalformedPickle(f"storage '{key}' is used with two dtypes")
+                return ref
+            record = records.get(f"{prefix}data/{key}")
+            if record is None:
+                raise MalformedPickle(f"storage '{key}' has no record in the archive")
+            rstart, rsize, _ = record
+            if numel * itemsize(kind.value) != rsize:
+                raise MalformedPickle(f"storage '{key}' has {rsize} bytes, not {numel} elements")
+            if whole is not None:
+                storage = whole[rstart : rstart + rsize]
+            else:
+                storage = torch.empty(rsize, dtype=torch.uint8)
+                if rsize:
+                    read_exact(fd, rstart, rsize, path, into=storage)
+                storage = storage.untyped_storage()
+            ref = StorageRef(key, storage, kind.value, identity.size)
+            storages[key] = ref
+            return ref
+
+        try:
+            obj, _ = unpickle(pkl, find_global=find_global, persistent_load=persistent_load)
+        except (MalformedPickle, UnsafeGlobal) as e:
+            raise pickle_error(path, e) from None
+        return obj, mapped
+    finally:
+        os.close(fd)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.torch_zip import load_torch_zip_mmap
+from d2_efficient_ckpt.checkpoint.torch_zip import load_torch_zip
 
 _PAGE = mmap.PAGESIZE
 
@@ -64,7 +64,7 @@ def test_excluded_tensors_stay_on_disk(tmp_path):
     src = nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 2048))  # 8 MB and 16 MB
     path = str(tmp_path / "m.pth")
     torch.save({"model": src.state_dict()}, path)
-    data, mapping = load_torch_zip_mmap(path)
+    data, mapping = load_torch_zip(path)
     sd = data["model"]
     ((kept_off, kept_len),) = mapping.ranges([sd["0.weight"]])
     ((left_off, left_len),) = mapping.ranges([sd["1.weight"]])
