@@ -2,12 +2,14 @@
 
 yacs reports a yaml value of the wrong type as, e.g., ``Type mismatch (<class 'tuple'> vs.
 <class 'str'>) with values (() vs. toy_train) for config key: DATASETS.TRAIN``, which names
-neither the file nor the fix; :func:`merge_cfg_safely` rewrites such errors.
+neither the file nor the fix; :func:`merge_cfg_safely` rewrites such errors. A mistyped key,
+in a file or on the command line, becomes one line that names it and the closest real keys.
 """
 
+import difflib
 import os
 import re
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode
 
@@ -15,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ConfigFileNotFoundError",
     "ConfigKeyError",
+    "closest_keys",
     "merge_cfg_safely",
     "load_config",
 ]
@@ -24,6 +27,8 @@ _TYPE_MISMATCH = re.compile(
     r"\((?P<old>.*) vs\. (?P<new>.*)\) for config key: (?P<key>\S+)",
     re.DOTALL,
 )
+# yacs: "Non-existent config key: X" (KeyError, files) or "Non-existent key: X" (assertion, opts).
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (?P<key>\S+)")
 _DATASET_LIST_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST")
 
 
@@ -49,6 +54,51 @@ def _message(e: BaseException) -> str:
     return str(e)
 
 
+def _config_keys(cfg: CfgNode, prefix: str = "") -> List[str]:
+    out = []
+    for name, value in cfg.items():
+        key = prefix + name
+        out.append(key)
+        if isinstance(value, CfgNode):
+            out.extend(_config_keys(value, key + "."))
+    return out
+
+
+def closest_keys(cfg: CfgNode, key: str, n: int = 3) -> List[str]:
+    """The real config keys closest to ``key`` (at most ``n``, best first), for typos.
+
+    Keys next to the mistyped one (same parent node) are preferred; when none is close, any
+    key of the config may be (a key under the wrong node). The comparison ignores case.
+
+    Args:
+        cfg: the config the key was merged into.
+        key: a dotted key that the config lacks, e.g. ``SOLVER.MAX_ITR``.
+        n: how many to return.
+    """
+    by_upper = {k.upper(): k for k in _config_keys(cfg)}
+    wanted = key.upper()
+    parent = wanted.rsplit(".", 1)[0] + "." if "." in wanted else ""
+    # Leaf names are compared among siblings, so that the shared parent does not make every
+    # sibling look close.
+    leaves = [k[len(parent) :] for k in by_upper if k.startswith(parent)]
+    leaves = [leaf for leaf in leaves if "." not in leaf]
+    near = [
+        parent + leaf
+        for leaf in difflib.get_close_matches(wanted[len(parent) :], leaves, n=n, cutoff=0.7)
+    ]
+    near = near or difflib.get_close_matches(wanted, list(by_upper), n=n, cutoff=0.6)
+    return [by_upper[k] for k in near]
+
+
+def _unknown_key_message(cfg: CfgNode, key: str, source: str) -> str:
+    close = closest_keys(cfg, key)
+    if close:
+        hint = "Did you mean " + " or ".join(close) + "?"
+    else:
+        hint = "No key is close: check its spelling and that the config's add_*_config ran."
+    return f"In {source}: {key} is not a config key. {hint}"
+
+
 def _dataset_list_fix(key: str, value: str, source: str, from_file: bool) -> str:
     names = [v.strip().strip("'\"") for v in value.strip("()[] ").split(",")]
     names = [n for n in names if n]
@@ -66,9 +116,12 @@ def _dataset_list_fix(key: str, value: str, source: str, from_file: bool) -> str
     )
 
 
-def _explain(e: Exception, source: str, from_file: bool) -> Exception:
+def _explain(cfg: CfgNode, e: Exception, source: str, from_file: bool) -> Exception:
     """Build the exception to raise instead of ``e``, with ``source`` and a fix added."""
     msg = _message(e)
+    unknown = _UNKNOWN_KEY.search(msg) if isinstance(e, (KeyError, AssertionError)) else None
+    if unknown:
+        return ConfigKeyError(_unknown_key_message(cfg, unknown.group("key"), source))
     match = _TYPE_MISMATCH.search(msg) if isinstance(e, ValueError) else None
     if match and match.group("key") in _DATASET_LIST_KEYS and "str" in match.group("new_type"):
         fix = _dataset_list_fix(match.group("key"), match.group("new"), source, from_file)
@@ -108,9 +161,9 @@ def merge_cfg_safely(
         ConfigFileNotFoundError: ``config_file`` does not exist.
         ConfigError: a value has the wrong type; for ``DATASETS.TRAIN``/``DATASETS.TEST`` given
             as a bare string the message shows the tuple to write instead. Other errors from
-            merging are re-raised as ``ConfigError`` (``ConfigKeyError`` for an unknown key)
-            with the config file or "command-line opts" named in the message, chained to the
-            original.
+            merging are re-raised as ``ConfigError`` (``ConfigKeyError`` for an unknown key,
+            naming the closest real keys) with the config file or "command-line opts" named in
+            the message, chained to the original.
     """
     if config_file:
         if not os.path.isfile(config_file):
@@ -121,12 +174,12 @@ def merge_cfg_safely(
         try:
             cfg.merge_from_file(config_file)
         except Exception as e:
-            raise _explain(e, f"config file '{config_file}'", from_file=True) from e
+            raise _explain(cfg, e, f"config file '{config_file}'", from_file=True) from e
     if opts:
         try:
             cfg.merge_from_list(list(opts))
         except Exception as e:
-            raise _explain(e, "command-line opts", from_file=False) from e
+            raise _explain(cfg, e, "command-line opts", from_file=False) from e
     return cfg
 
 

@@ -74,6 +74,10 @@ def test_train_resume_eval_only(toy_config):
             ["MODEL.WEIGHTS", "/nonexistent/model.pth", "SOLVER.MAX_ITER", "1"],
             "/nonexistent/model.pth",
         ),
+        (
+            ["SOLVER.MAX_ITR", "5"],
+            "SOLVER.MAX_ITR is not a config key. Did you mean SOLVER.MAX_ITER",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error(toy_config, opts, expected):
@@ -81,6 +85,7 @@ def test_bad_input_is_one_clear_error(toy_config, opts, expected):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "error:" in r.stderr and expected in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_missing_config_file():
