@@ -44,6 +44,8 @@ import load_report
 import procmem
 from load_worker import CASES, CLASSES, RESULT_MARKER, make_cfg, make_checkpoint, worker_main
 
+from d2_efficient_ckpt.checkpoint.vm import evict_from_page_cache, page_cache_residency
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 CACHE_STATES = ("warm", "evicted")
@@ -128,9 +130,9 @@ def check_eviction(path: str) -> Dict[str, Any]:
     """
     n = min(64 << 20, os.path.getsize(path))
     procmem.warm_page_cache(path)
-    before = procmem.cache_residency(path)
-    procmem.evict_from_page_cache(path)
-    after = procmem.cache_residency(path)
+    before = page_cache_residency(path)
+    evict_from_page_cache(path)
+    after = page_cache_residency(path)
     cold = procmem.timed_read(path, n)
     warm = procmem.timed_read(path, n)
     procmem.warm_page_cache(path)
@@ -155,8 +157,8 @@ def prepare_cache(path: str, state: str) -> Optional[float]:
     if state == "warm":
         procmem.warm_page_cache(path)
     else:
-        procmem.evict_from_page_cache(path)
-    return procmem.cache_residency(path)
+        evict_from_page_cache(path)
+    return page_cache_residency(path)
 
 
 # --------------------------------------------------------------------------- summary

@@ -1,12 +1,11 @@
-"""Linux process-memory and page-cache helpers for the load benchmark.
+"""Linux process-memory helpers for the load benchmark, and page-cache warming and timing.
 
-Everything here reads ``/proc`` or calls libc directly, so it adds no dependency. On a
-system without ``/proc`` (or without ``mincore``) the functions return ``None`` rather
-than raise, and the benchmark says so in its output.
+Everything here reads ``/proc`` or files, so it adds no dependency. On a system without
+``/proc`` the functions return ``None`` rather than raise, and the benchmark says so in its
+output. Page-cache residency and eviction are the package's own
+(``d2_efficient_ckpt.checkpoint.vm``), shared with its tests.
 """
 
-import ctypes
-import ctypes.util
 import os
 import platform
 import threading
@@ -15,8 +14,6 @@ from typing import Dict, Optional
 
 __all__ = [
     "MemorySampler",
-    "cache_residency",
-    "evict_from_page_cache",
     "machine_info",
     "read_status",
     "reset_peak_rss",
@@ -111,73 +108,6 @@ class MemorySampler:
             self._thread.join()
         self.sample()
         os.close(self._fd)
-
-
-def _libc():
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    return libc
-
-
-def cache_residency(path: str) -> Optional[float]:
-    """Fraction (0..1) of the file's pages that are in the page cache, via ``mincore``.
-
-    Mapping the file to ask does not read it. Returns ``None`` where ``mincore`` is not
-    available.
-    """
-    size = os.path.getsize(path)
-    if size == 0:
-        return 1.0
-    try:
-        libc = _libc()
-    except OSError:
-        return None
-    if libc is None or not hasattr(libc, "mincore"):
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        prot_read, map_shared = 0x1, 0x01
-        addr = libc.mmap(None, size, prot_read, map_shared, fd, 0)
-        if addr is None or addr == ctypes.c_void_p(-1).value:
-            return None
-        try:
-            pages = (size + _PAGE - 1) // _PAGE
-            vec = (ctypes.c_ubyte * pages)()
-            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
-                return None
-            resident = sum(1 for b in bytes(vec) if b & 1)
-            return resident / pages
-        finally:
-            libc.munmap(ctypes.c_void_p(addr), size)
-    finally:
-        os.close(fd)
-
-
-def evict_from_page_cache(path: str) -> None:
-    """Drop the file's pages from the page cache (flushing dirty pages first).
-
-    ``POSIX_FADV_DONTNEED`` cannot drop pages that are dirty or mapped by a live process,
-    so the file is synced first; check the effect with :func:`cache_residency`.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def warm_page_cache(path: str, chunk: int = 16 << 20) -> float:
