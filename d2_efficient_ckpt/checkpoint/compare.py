@@ -7,7 +7,7 @@ be compared with little more memory than their largest tensor.
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from tqdm import tqdm
@@ -120,11 +120,3 @@ def _ratio(num: float, den: float) -> float:
     if num == 0:
         return 0.0
     return math.sqrt(num) / math.sqrt(den) if den > 0 else math.inf
-
-
-def summarize_changes(diff: StateDiff) -> Optional[Tuple[int, int]]:
-    """``(frozen modules, changed modules)``, or ``None`` when nothing was compared."""
-    if not diff.modules:
-        return None
-    frozen = sum(1 for m in diff.modules if m.frozen)
-    return frozen, len(diff.modules) - frozen
