@@ -1,5 +1,6 @@
 """A ``DefaultTrainer`` that checkpoints through the configured checkpointer."""
 
+import logging
 import os
 import weakref
 
@@ -7,8 +8,11 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
 from ..checkpoint import build_checkpointer
+from .save_hooks import CheckpointOnSignal, RaiseFailedSaves
 
 __all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
@@ -17,6 +21,10 @@ class Trainer(DefaultTrainer):
     The periodic checkpoint hook, ``resume_or_load`` (``--resume``) and evaluation all use it.
     The ``trainer`` checkpointable is kept, so iteration, hook state (the LR scheduler) and
     the AMP grad scaler are saved and restored as with the stock class.
+
+    Saving (``CHECKPOINT.SAVE``): a failed background save is raised at the next step;
+    :meth:`train` joins the save in flight before it returns or re-raises; with
+    ``ON_SIGNAL`` a signal makes training checkpoint and exit with status 75.
     """
 
     def build_hooks(self):
@@ -28,7 +36,30 @@ class Trainer(DefaultTrainer):
             self.cfg.OUTPUT_DIR,
             trainer=weakref.proxy(self),
         )
-        return super().build_hooks()
+        hooks = super().build_hooks() + [RaiseFailedSaves()]
+        if self.cfg.CHECKPOINT.SAVE.ON_SIGNAL:
+            hooks.append(CheckpointOnSignal(self.cfg.CHECKPOINT.SAVE.ON_SIGNAL))
+        return hooks
+
+    def train(self):
+        """As ``DefaultTrainer.train``; every pending save is durable when it returns or raises.
+
+        Raises:
+            CheckpointSaveError: the last background save failed.
+        """
+        wait = getattr(self.checkpointer, "wait", None)
+        try:
+            result = super().train()
+        except BaseException:
+            if wait is not None:
+                try:
+                    wait()
+                except Exception as e:  # the training error is the one to report
+                    logger.error(f"A background save failed as well: {e}")
+            raise
+        if wait is not None:
+            wait()
+        return result
 
     def resume_or_load(self, resume: bool = True) -> None:
         """As ``DefaultTrainer.resume_or_load``, honouring ``CHECKPOINT.LOAD.CHECKPOINTABLES``.

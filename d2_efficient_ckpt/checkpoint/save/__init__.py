@@ -1,6 +1,7 @@
 """The saving side: atomic, verified, optionally asynchronous checkpoints.
 
 Modules, each with one job (imports point down to ``..errors`` only):
+    errors        CheckpointSaveError, SaveConfigError
     atomic        temporary file, fsync, rename, directory fsync; stale temp-file cleanup
     integrity     the sidecar record (size + xxh3-64) and its cheap and full checks
     write         one checkpoint file: serialize, record, verify
@@ -12,10 +13,10 @@ Modules, each with one job (imports point down to ``..errors`` only):
     saver         CheckpointSaver: the sequence above for one save
 """
 
+from .errors import CheckpointSaveError, SaveConfigError
 from .fallback import ResumeChoice, describe_skipped, plan_resume
 from .integrity import IntegrityError, IntegrityRecord, check_cheap, check_full, read_record
 from .saver import TAG_FILE, CheckpointSaver, SaveOptions, iteration_of
-from .write import CheckpointSaveError
 
 __all__ = [
     "TAG_FILE",
@@ -24,6 +25,7 @@ __all__ = [
     "IntegrityError",
     "IntegrityRecord",
     "ResumeChoice",
+    "SaveConfigError",
     "SaveOptions",
     "check_cheap",
     "check_full",

@@ -8,7 +8,6 @@ The thread is not a daemon: an interpreter that exits normally still finishes th
 
 import logging
 import threading
-import time
 from typing import Callable, Optional
 
 __all__ = ["AsyncWriter"]
@@ -17,19 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 class AsyncWriter:
-    """Runs jobs one at a time in a background thread.
-
-    Attributes:
-        last_wait_s: seconds the last :meth:`submit` waited for the previous job
-            (back-pressure: nonzero means saves come faster than the disk takes them).
-    """
+    """Runs jobs one at a time in a background thread."""
 
     def __init__(self, name: str = "checkpoint-writer"):
         self._name = name
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._what = ""
-        self.last_wait_s = 0.0
 
     @property
     def busy(self) -> bool:
@@ -43,9 +36,7 @@ class AsyncWriter:
             BaseException: the error of the previous job, if it failed; ``job`` is then
                 not started.
         """
-        start = time.perf_counter()
         self.wait()
-        self.last_wait_s = time.perf_counter() - start
         self._what = what
         self._thread = threading.Thread(target=self._run, args=(job,), name=self._name)
         self._thread.start()

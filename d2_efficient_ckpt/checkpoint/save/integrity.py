@@ -81,16 +81,27 @@ class IntegrityRecord:
 
 
 class HashingWriter:
-    """A write-only file object that hashes and counts every byte on its way to ``f``."""
+    """A write-only file object that hashes and counts every byte on its way to ``f``.
+
+    Attributes:
+        size: bytes written.
+        error: the first ``OSError`` of the underlying file (full disk, ...), if any.
+    """
 
     def __init__(self, f: BinaryIO):
         self._f = f
         self._hash = xxhash.xxh3_64()
         self.size = 0
+        self.error: Optional[OSError] = None
 
     def write(self, data) -> int:
         self._hash.update(data)
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            # torch's zip writer turns this into an unrelated RuntimeError; keep the cause.
+            self.error = e
+            raise
         self.size += memoryview(data).nbytes
         return n
 

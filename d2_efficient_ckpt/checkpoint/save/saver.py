@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional
 
 from .async_writer import AsyncWriter
 from .atomic import atomic_write_bytes, remove_stale_temp_files
+from .errors import SaveConfigError
 from .retention import plan_deletions
 from .snapshot import SnapshotBuffers
 from .write import SaveResult, remove_checkpoint, write_checkpoint
@@ -43,7 +44,7 @@ class SaveOptions:
             return cls()
         fmt = str(node.get("FORMAT", "pth")).lower()
         if fmt not in ("pth", "safetensors"):
-            raise ValueError(
+            raise SaveConfigError(
                 f"CHECKPOINT.SAVE.FORMAT is '{fmt}'; use 'pth' (default) or 'safetensors'."
             )
         return cls(
@@ -83,6 +84,8 @@ class CheckpointSaver:
 
     Attributes:
         last_blocked_s: seconds the last :meth:`save` blocked its caller.
+        last_wait_s: of which waiting for the previous save (back-pressure: nonzero means
+            saves come faster than the disk takes them).
         last_result: the :class:`SaveResult` of the last finished write.
     """
 
@@ -102,6 +105,7 @@ class CheckpointSaver:
         self._buffers = SnapshotBuffers()
         self._cleaned = False
         self.last_blocked_s = 0.0
+        self.last_wait_s = 0.0
         self.last_result: Optional[SaveResult] = None
 
     def clean_stale(self) -> List[str]:
@@ -124,6 +128,7 @@ class CheckpointSaver:
         """
         start = time.perf_counter()
         self._writer.wait()  # back-pressure, and the previous save's error
+        self.last_wait_s = time.perf_counter() - start
         os.makedirs(self.directory, exist_ok=True)
         self.clean_stale()
         path = os.path.join(self.directory, basename)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import CheckpointError
 from .atomic import atomic_file
+from .errors import CheckpointSaveError
 from .integrity import (
     HashingWriter,
     IntegrityError,
@@ -35,17 +35,6 @@ __all__ = ["CheckpointSaveError", "SaveResult", "write_checkpoint", "remove_chec
 logger = logging.getLogger(__name__)
 
 Serializer = Callable[[Any, Any], None]
-
-
-class CheckpointSaveError(CheckpointError):
-    """A checkpoint could not be written; the previous checkpoint is untouched."""
-
-    def __init__(self, path: str, problem: str, fix: str = ""):
-        self.path = path
-        msg = f"Cannot save checkpoint '{path}': {problem}"
-        if fix:
-            msg += f" {fix}"
-        super().__init__(msg)
 
 
 @dataclass
@@ -108,12 +97,16 @@ def write_checkpoint(
     """
     serializer = serializer or torch.save
     start = time.perf_counter()
+    hashing: Optional[HashingWriter] = None
     try:
         with atomic_file(path, opener=opener) as f:
             hashing = HashingWriter(f)
             serializer(data, hashing)
-    except OSError as e:
-        raise _explain_os_error(path, e) from e
+    except Exception as e:
+        cause = hashing.error if hashing is not None and hashing.error is not None else e
+        if isinstance(cause, OSError):
+            raise _explain_os_error(path, cause) from e
+        raise
     record = IntegrityRecord(
         os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration
     )

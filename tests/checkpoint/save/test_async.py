@@ -1,0 +1,121 @@
+"""Asynchronous saves: same bytes as synchronous ones, one in flight, errors never lost."""
+
+import errno
+import os
+import threading
+
+import pytest
+import torch
+
+from d2_efficient_ckpt.checkpoint.save import CheckpointSaveError, check_full, read_record
+from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
+
+
+class FullDisk:
+    """An ``open`` whose files accept ``room`` bytes, then fail as a full disk does."""
+
+    def __init__(self, room):
+        self.room = room
+
+    def __call__(self, path, mode):
+        f = open(path, mode)
+        room = [self.room]
+        write = f.write
+
+        def limited(data):
+            n = memoryview(data).nbytes
+            if n > room[0]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            room[0] -= n
+            return write(data)
+
+        f.write = limited
+        return f
+
+
+def test_async_and_sync_saves_write_identical_files(make_ckpt, tmp_path):
+    sync = make_ckpt(tmp_path / "sync")
+    sync.save("model_0000005", iteration=5)
+    asyn = make_ckpt(tmp_path / "async", **{"CHECKPOINT.SAVE.ASYNC": True})
+    asyn.save("model_0000005", iteration=5)
+    asyn.wait()
+    a = (tmp_path / "sync" / "model_0000005.pth").read_bytes()
+    b = (tmp_path / "async" / "model_0000005.pth").read_bytes()
+    assert a == b
+    assert (
+        read_record(str(tmp_path / "async" / "model_0000005.pth")).hash
+        == read_record(str(tmp_path / "sync" / "model_0000005.pth")).hash
+    )
+
+
+def test_snapshot_is_taken_before_save_returns(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.ASYNC": True})
+    model = ck.model
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    ck.save("model_0000001", iteration=1)
+    with torch.no_grad():  # training goes on while the file is written
+        for p in model.parameters():
+            p.mul_(-3.0)
+    ck.wait()
+    saved = torch.load(tmp_path / "model_0000001.pth", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], v) for k, v in expected.items())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.div_(-3.0)
+
+
+def test_one_save_in_flight_and_buffers_reused(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.ASYNC": True})
+    saver = ck.saver
+    gate = threading.Event()
+
+    def slow(data, f):
+        gate.wait(10)
+        torch.save(data, f)
+
+    saver.serializer = slow
+    ck.save("model_0000001", iteration=1)
+    first_buffers = saver._buffers.allocated_bytes
+    assert saver.busy
+    threading.Timer(0.3, gate.set).start()
+    ck.save("model_0000002", iteration=2)  # blocks until the first one is written
+    assert saver.last_wait_s >= 0.2
+    assert (tmp_path / "model_0000001.pth").exists()
+    assert saver._buffers.allocated_bytes == first_buffers  # no second snapshot
+    ck.wait()
+    assert not saver.busy
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    check_full(str(tmp_path / "model_0000002.pth"))
+
+
+def test_failed_async_write_is_raised_by_the_next_call(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.ASYNC": True})
+    ck.save("model_0000001", iteration=1)
+    ck.wait()
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+    ck.saver.opener = FullDisk(room=1 << 20)
+    ck.save("model_0000002", iteration=2)  # returns: the write fails in the background
+    ck.saver._writer._thread.join()
+    with pytest.raises(CheckpointSaveError, match="disk is full") as e:
+        ck.raise_if_failed()
+    assert "model_0000002.pth" in str(e.value)
+    ck.raise_if_failed()  # raised once, not forever
+    _previous_intact(tmp_path, good)
+
+
+def test_full_disk_fails_a_sync_save_loudly(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path)
+    ck.save("model_0000001", iteration=1)
+    good = (tmp_path / "model_0000001.pth").read_bytes()
+    ck.saver.opener = FullDisk(room=1 << 20)
+    with pytest.raises(CheckpointSaveError, match="disk is full") as e:
+        ck.save("model_0000002", iteration=2)
+    assert str(tmp_path) in str(e.value) and "MAX_TO_KEEP" in str(e.value)
+    _previous_intact(tmp_path, good)
+
+
+def _previous_intact(directory, good):
+    assert (directory / "model_0000001.pth").read_bytes() == good
+    assert (directory / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (directory / "model_0000002.pth").exists()
+    assert not [n for n in os.listdir(directory) if is_temp_file(n)]

@@ -1,0 +1,104 @@
+"""SIGKILL in the middle of saves: a resume always works, and no broken file has a good name.
+
+A few trials run in the normal test run; ``-m slow`` runs 24.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+
+from d2_efficient_ckpt import build_checkpointer
+from d2_efficient_ckpt.checkpoint.save import check_full, read_record
+from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
+from d2_efficient_ckpt.checkpoint.save.fallback import CHECKPOINT_SUFFIXES
+from tests.conftest import REPO
+
+
+def _start(out, asynchronous):
+    args = [sys.executable, "-m", "tests.checkpoint.save.worker", "loop", str(out)]
+    return subprocess.Popen(
+        args + (["async"] if asynchronous else []),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _kill_during_a_save(out, rng, asynchronous):
+    """Start the worker, and SIGKILL it at a random moment of its 2nd to 4th save."""
+    proc = _start(out, asynchronous)
+    target = rng.randint(1, 3)
+    try:
+        for line in proc.stdout:
+            if line.strip() == f"saving {target}":
+                break
+        # A save of this model takes a few hundred ms; land anywhere in it.
+        time.sleep(rng.uniform(0.0, 0.5))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return target
+
+
+def _check_directory(out, model_factory):
+    names = os.listdir(out)
+    for name in names:
+        if not name.endswith(CHECKPOINT_SUFFIXES):
+            continue
+        path = os.path.join(out, name)
+        if read_record(path) is not None:
+            check_full(path)  # raises if a file under a checkpoint name is broken
+        else:  # killed between the rename and its record: the zip must be complete
+            with zipfile.ZipFile(path) as zf:
+                assert zf.testzip() is None, name
+    complete = sorted(n for n in names if n.endswith(".pth") and not is_temp_file(n))
+    assert complete, f"not even the first checkpoint: {names}"
+    model = model_factory()
+    ck = build_checkpointer(model.cfg, model.model, str(out))
+    # Restart in the same directory: the killed writer's temporary file goes away.
+    extra = ck.resume_or_load("", resume=True)
+    assert not [n for n in os.listdir(out) if is_temp_file(n)]
+    newest = max(int(n[len("model_") : -len(".pth")]) for n in complete)
+    assert extra["iteration"] == newest
+    assert ck.last_report.path.endswith(f"model_{newest:07d}.pth")
+
+
+class _Built:
+    def __init__(self, cfg, model):
+        self.cfg, self.model = cfg, model
+
+
+@pytest.fixture
+def model_factory(tiny_cfg):
+    from detectron2.modeling import build_model
+
+    def make():
+        cfg = tiny_cfg()
+        return _Built(cfg, build_model(cfg))
+
+    return make
+
+
+def _trials(tmp_path, model_factory, n, seed):
+    rng = random.Random(seed)
+    for trial in range(n):
+        out = tmp_path / f"trial{trial}"
+        out.mkdir()
+        _kill_during_a_save(out, rng, asynchronous=trial % 2 == 1)
+        _check_directory(out, model_factory)
+
+
+def test_sigkill_during_saves_few_trials(tmp_path, model_factory):
+    _trials(tmp_path, model_factory, n=2, seed=0)
+
+
+@pytest.mark.slow
+def test_sigkill_during_saves_many_trials(tmp_path, model_factory):
+    _trials(tmp_path, model_factory, n=24, seed=1)
