@@ -392,7 +392,10 @@ def check_records(
             continue
         if x < 0 or y < 0 or x + w > W + 0.01 or y + h > H + 0.01:
             record = f"{what} in image {img['id']!r} ({W}x{H}): bbox {[round(v, 2) for v in bbox]}"
-            fix = "correct the box, or set DATASETS.BOX_OUTSIDE_IMAGE to clip or drop."
+            fix = (
+                "correct the box; DATASETS.BOX_OUTSIDE_IMAGE (clip or drop) chooses what "
+                "happens to such boxes."
+            )
             x0, y0 = max(0.0, x), max(0.0, y)
             x1, y1 = min(float(W), x + w), min(float(H), y + h)
             if options.box_outside == "clip" and x1 - x0 >= 1 and y1 - y0 >= 1:

@@ -288,7 +288,12 @@ def register_and_report(
                 logger.info(f"Category mapping of '{name}':\n{category_table(scan)}")
             else:
                 DatasetCatalog.register(name, _lazy_loader(name, fmt, spec, options, cache_dir))
-                MetadataCatalog.get(name).set(evaluator_type="coco", **{SPEC_METADATA_KEY: spec})
+                meta = {"evaluator_type": "coco", SPEC_METADATA_KEY: spec}
+                if not fmt.WRITES_JSON:
+                    # Lets tools read the classes without loading; replaced by a repaired copy
+                    # if loading has to change records.
+                    meta.update(json_file=spec["ANN_FILE"], image_root=spec["IMAGE_ROOT"])
+                MetadataCatalog.get(name).set(**meta)
     except Exception:
         # Roll back, so one failing registration leaves no half-registered set behind.
         for name in started:
