@@ -21,7 +21,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch.nn.parallel import DistributedDataParallel
 
 from .build import CHECKPOINTER_REGISTRY
-from .errors import CheckpointConfigError, CheckpointFormatError
+from .errors import CheckpointConfigError, CheckpointFormatError, PartialLoadError
 from .explain import explain
 from .parity import count_params, rename_metadata, resizable_keys, resolve_missing, tied_keys
 from .policy import check_policy, enforce_policy
@@ -296,19 +296,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         opts = self._options
         opened = open_checkpoint(filename, mmap=opts.mmap, weights_only=opts.weights_only)
         self._mapping = opened.mapping
-        data = opened.data
-        if not isinstance(data, dict):
-            raise CheckpointFormatError(filename, f"it holds a {type(data).__name__}, not a dict.")
-        if "model" not in data:
-            if data and all(isinstance(v, torch.Tensor) for v in data.values()):
-                data = {"model": data}  # a bare state dict, as the stock class accepts
-            else:
-                raise CheckpointFormatError(
-                    filename,
-                    f"it has no 'model' entry and is not a state dict (entries: "
-                    f"{', '.join(map(str, list(data)[:10]))}).",
-                    "Pass a checkpoint written by a Checkpointer or a model state dict.",
-                )
+        model, rest = opened.split_model()
+        data = {"model": model, **rest}
         if self._parsed_url_during_load is not None:
             queries = parse_qs(self._parsed_url_during_load.query)
             if queries.pop("matching_heuristics", "False") == ["True"]:
@@ -490,15 +479,26 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 checkpoint.pop(key)
                 # Restoring every part passes the saved state through untouched, so trainers
                 # with extra state of their own get it back as with the stock class.
-                obj.load_state_dict(self._materialize(saved if whole else merged, device))
+                self._restore(key, obj, saved if whole else merged, device, path)
                 report.checkpointables[key] = "restored" if whole else "partial"
                 continue
             if key not in wanted:
                 report.checkpointables[key] = "skipped"
                 continue
             self.logger.info(f"Loading {key} from {path} ...")
-            obj.load_state_dict(self._materialize(checkpoint.pop(key), device))
+            self._restore(key, obj, checkpoint.pop(key), device, path)
             report.checkpointables[key] = "restored"
+
+    def _restore(self, key: str, obj: Any, state: Any, device: torch.device, path: str) -> None:
+        """``obj.load_state_dict`` of a checkpointable; a failure names what was loaded."""
+        try:
+            obj.load_state_dict(self._materialize(state, device))
+        except Exception as e:
+            raise PartialLoadError(
+                f"Restoring '{key}' from {path} failed ({type(e).__name__}: {e}). The model "
+                "weights were already loaded, so the training state is half restored: fix or "
+                f"replace the checkpoint, or leave '{key}' out of CHECKPOINT.LOAD.CHECKPOINTABLES."
+            ) from e
 
     def _wanted_entry_tensors(self, checkpoint: Dict[str, Any]) -> List[torch.Tensor]:
         wanted = self._wanted

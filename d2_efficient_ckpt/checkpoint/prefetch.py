@@ -15,8 +15,9 @@ with ``SIGBUS``; a read cannot.
 import ctypes
 import os
 import threading
-from typing import Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .errors import CheckpointFormatError
@@ -234,8 +235,13 @@ class FileReader:
         offset = span[0] + src.storage_offset() * src.element_size()
         return offset, src.numel() * src.element_size()
 
-    def read(self, src: torch.Tensor) -> torch.Tensor:
-        """A fresh CPU tensor with ``src``'s values (and dtype and shape)."""
+    def read(self, src: Any) -> torch.Tensor:
+        """A fresh CPU tensor with ``src``'s values (and dtype and shape).
+
+        ``src`` may also be a numpy array (zoo pickles), which becomes a tensor sharing it.
+        """
+        if isinstance(src, np.ndarray):
+            return torch.from_numpy(src)
         out = torch.empty(src.shape, dtype=src.dtype)
         self.read_into(out, src)
         return out

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .allowlist import MAX_DIMS, numpy_globals
@@ -36,6 +37,7 @@ from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 __all__ = ["OpenedCheckpoint", "open_checkpoint", "SafetensorsStateDict", "detect_format"]
 
 _ZOO_GLOBALS = numpy_globals()
+_ARRAYS = (torch.Tensor, np.ndarray)
 _MAX_HEADER = 100 * 2**20  # bytes of safetensors JSON header; real ones are far smaller
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,53 @@ class OpenedCheckpoint:
         length-checked reads and fails cleanly if the file changed since it was opened.
         """
         return FileReader(self.mapping)
+
+    def read_model(self) -> Tuple["ReadingStateDict", Dict[str, Any]]:
+        """Like :meth:`split_model`, with model values read into fresh memory on access."""
+        model, rest = self.split_model()
+        return ReadingStateDict(model, self.mapping), rest
+
+    def split_model(self) -> Tuple[Mapping, Dict[str, Any]]:
+        """The model state dict and the other entries, checked.
+
+        A file with a ``model`` entry gives that entry; a bare state dict (every value a
+        tensor or array), as the stock class accepts, is the model itself.
+
+        Raises:
+            CheckpointFormatError: not a dict, no model entry, or a model entry that is not
+                a map from string keys to tensors or arrays.
+        """
+        data = self.data
+        if not isinstance(data, dict):
+            raise CheckpointFormatError(self.path, f"it holds a {type(data).__name__}, not a dict.")
+        if "model" in data:
+            model, rest = data["model"], {k: v for k, v in data.items() if k != "model"}
+        elif data and all(isinstance(v, _ARRAYS) for v in data.values()):
+            model, rest = data, {}
+        else:
+            raise CheckpointFormatError(
+                self.path,
+                f"it has no 'model' entry and is not a state dict (entries: "
+                f"{', '.join(map(str, list(data)[:10]))}).",
+                "Pass a checkpoint written by a Checkpointer or a model state dict.",
+            )
+        if not isinstance(model, Mapping):
+            raise CheckpointFormatError(
+                self.path, f"its 'model' entry is a {type(model).__name__}, not a state dict."
+            )
+        bad_key = next((k for k in model if not isinstance(k, str)), None)
+        if bad_key is not None:
+            raise CheckpointFormatError(
+                self.path, f"its model has a key that is not a string: {str(bad_key)[:60]!r}."
+            )
+        if not isinstance(model, SafetensorsStateDict):  # its values are tensors by design
+            bad = next((k for k, v in model.items() if not isinstance(v, _ARRAYS)), None)
+            if bad is not None:
+                raise CheckpointFormatError(
+                    self.path,
+                    f"model key '{bad}' holds a {type(model[bad]).__name__}, not a tensor.",
+                )
+        return model, rest
 
 
 def detect_format(path: str) -> str:
@@ -340,6 +389,43 @@ class SafetensorsStateDict(Mapping):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ReadingStateDict(Mapping):
+    """A state dict whose values are read (length-checked) into fresh tensors on access.
+
+    Shapes and dtypes come without reading any data. For tools that touch every value once
+    (convert, strip, diff): nothing they hold views the file, so a file that changes under
+    them gives a clean error.
+    """
+
+    def __init__(self, state: Mapping, mapping: Optional[MappedFile]):
+        self._state, self._mapping = state, mapping
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        """Shape of ``key`` without reading its data."""
+        if isinstance(self._state, SafetensorsStateDict):
+            return self._state.shape(key)
+        return tuple(self._state[key].shape)
+
+    def dtype(self, key: str) -> Optional[torch.dtype]:
+        """dtype of ``key`` without reading its data."""
+        if isinstance(self._state, SafetensorsStateDict):
+            return self._state.dtype(key)
+        value = self._state[key]
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(value.reshape(-1)[:0]).dtype
+        return value.dtype
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        with FileReader(self._mapping) as reader:
+            return reader.read(self._state[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
 
 
 def _bad_header(path: str, problem: str) -> CheckpointFormatError:

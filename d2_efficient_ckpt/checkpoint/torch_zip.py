@@ -16,7 +16,7 @@ import struct
 import sys
 import zipfile
 import zlib
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -25,7 +25,7 @@ from .errors import CheckpointFormatError, UnsafeCheckpointError
 from .prefetch import FileIdentity, MappedFile, read_exact
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
-__all__ = ["load_torch_zip", "find_global", "pickle_error"]
+__all__ = ["load_torch_zip", "find_global", "pickle_error", "corrupt_records"]
 
 _GLOBALS = {**numpy_globals(), **torch_globals()}
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
@@ -114,6 +114,29 @@ def _records(path: str, fd: int, size: int) -> Tuple[str, Dict[str, Tuple[int, i
             path, "the archive does not hold exactly one data.pkl record.", "The file is corrupt."
         )
     return pickles[0][: -len("data.pkl")], records
+
+
+def corrupt_records(path: str) -> List[str]:
+    """Names of the archive's records whose bytes fail their CRC-32 (read in 8 MiB pieces).
+
+    Raises:
+        CheckpointFormatError: the archive itself is damaged (see :func:`load_torch_zip`).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _, records = _records(path, fd, FileIdentity.of_fd(fd).size)
+        bad = []
+        for name, (start, size, crc) in records.items():
+            value = 0
+            for offset in range(start, start + size, 8 << 20):
+                value = zlib.crc32(
+                    read_exact(fd, offset, min(8 << 20, start + size - offset), path), value
+                )
+            if value != crc:
+                bad.append(name)
+        return bad
+    finally:
+        os.close(fd)
 
 
 def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:

@@ -12,7 +12,6 @@ from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import torch
 
-from ..checkpoint.errors import CheckpointFormatError
 from ..checkpoint.readers import OpenedCheckpoint, open_checkpoint
 from ..errors import EXIT_BAD_INPUT
 
@@ -104,17 +103,7 @@ def model_state(opened: OpenedCheckpoint) -> Tuple[Mapping[str, Any], Dict[str, 
     Raises:
         CheckpointFormatError: no ``model`` entry and not a bare state dict.
     """
-    data = opened.data
-    if isinstance(data, dict) and "model" in data:
-        return data["model"], {k: v for k, v in data.items() if k != "model"}
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, {}
-    entries = (
-        ", ".join(map(str, list(data)[:10])) if isinstance(data, dict) else type(data).__name__
-    )
-    raise CheckpointFormatError(
-        opened.path, f"it has no 'model' entry and is not a state dict (entries: {entries})."
-    )
+    return opened.read_model()  # values read length-checked, never from the mapping
 
 
 @contextlib.contextmanager

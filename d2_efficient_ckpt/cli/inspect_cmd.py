@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from ..checkpoint.errors import UnsafeCheckpointError
+from ..checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
 from ..checkpoint.readers import detect_format, open_checkpoint
 from ..checkpoint.restore import dtype_of, shape_of
 from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
@@ -115,9 +115,13 @@ def inspect_file(path: str) -> Dict[str, Any]:
     info["format"] = opened.format
     info["metadata"] = dict(opened.metadata)
     data = opened.data if isinstance(opened.data, dict) else {"(top level)": opened.data}
-    if "model" not in data and data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        data = {"model": data}
-        info["bare_state_dict"] = True
+    if "model" not in data:
+        try:
+            model, _ = opened.split_model()  # the loader's rule for a bare state dict
+            data = {"model": model}
+            info["bare_state_dict"] = True
+        except CheckpointFormatError:
+            pass  # not a model checkpoint: show its entries as they are
     info["entries"] = {str(k): _entry(v) for k, v in data.items()}
     info["iteration"] = _iteration(data)
     if isinstance(data.get("model"), Mapping):

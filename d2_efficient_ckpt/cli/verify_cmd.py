@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import zipfile
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional
 
@@ -10,9 +9,15 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.readers import SafetensorsStateDict, detect_format, open_checkpoint
+from ..checkpoint.readers import (
+    OpenedCheckpoint,
+    SafetensorsStateDict,
+    detect_format,
+    open_checkpoint,
+)
 from ..checkpoint.restore import as_tensor
 from ..checkpoint.save import IntegrityError, check_full
+from ..checkpoint.torch_zip import corrupt_records
 from ..checkpoint.writers import byte_progress
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
 
@@ -50,33 +55,26 @@ def _sha256(path: str, progress: bool) -> str:
 
 
 def _safetensors_layout(path: str) -> List[str]:
-    st = SafetensorsStateDict(path)  # raises on a bad header or truncated data
+    st = SafetensorsStateDict(path)  # raises on a bad header, overlaps or truncated data
     problems = []
-    spans = sorted((start, end, key) for key, (_, _, start, end) in st._entries.items())
     pos = 0
-    for start, end, key in spans:
-        dtype, shape = st.dtype(key), st.shape(key)
-        expected = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-        if end - start != expected:
-            problems.append(
-                f"tensor '{key}' has {end - start} bytes but its shape needs {expected}."
-            )
+    for key, (start, end) in sorted(st.spans().items(), key=lambda kv: kv[1]):
         if start != pos:
-            problems.append(
-                f"tensor '{key}' starts at byte {start}, expected {pos} (gap or overlap)."
-            )
+            problems.append(f"tensor '{key}' starts at byte {start}, expected {pos} (a gap).")
         pos = max(pos, end)
-    if st._base + pos != st._size:
-        problems.append(f"{st._size - st._base - pos} bytes after the last tensor.")
+    if pos != st.data_size:
+        problems.append(f"{st.data_size - pos} bytes after the last tensor.")
     return problems
 
 
-def _tensor_problems(state: Mapping, progress: bool) -> List[str]:
+def _tensor_problems(opened: OpenedCheckpoint, state: Mapping, progress: bool) -> List[str]:
     bad = []
-    for key in tqdm(list(state), desc="reading", unit="tensor", disable=not progress):
-        t = as_tensor(state[key])
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(key)
+    with opened.reader() as reader:  # length-checked reads, as load() does
+        for key in tqdm(list(state), desc="reading", unit="tensor", disable=not progress):
+            value = state[key]
+            t = reader.read(value) if isinstance(value, torch.Tensor) else as_tensor(value)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(key)
     if bad:
         return [
             f"{len(bad)} tensor(s) hold NaN or Inf: {', '.join(bad[:5])}"
@@ -115,14 +113,16 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
             checks.append("sha256 matches")
     if fmt == "torch-zip":
         try:
-            with zipfile.ZipFile(path) as zf:
-                broken = zf.testzip()
+            broken = corrupt_records(path)  # the loader's archive parser, plus CRCs
             if broken:
-                problems.append(f"zip member '{broken}' fails its CRC check (the file is corrupt).")
+                problems.append(
+                    f"zip record(s) {', '.join(broken[:5])} fail their CRC check (the file is "
+                    "corrupt)."
+                )
             else:
                 checks.append("zip CRCs ok")
-        except (zipfile.BadZipFile, OSError) as e:
-            problems.append(f"the zip archive is corrupt ({e}).")
+        except CheckpointError as e:
+            problems.append(str(e))
     if fmt == "safetensors":
         try:
             layout = _safetensors_layout(path)
@@ -142,7 +142,10 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
         return finish()
     checks.append("loads with weights_only")
     result["tensors"] = len(state)
-    tensor_problems = _tensor_problems(state, progress)
+    try:
+        tensor_problems = _tensor_problems(opened, state, progress)
+    except CheckpointError as e:
+        tensor_problems = [str(e)]
     problems.extend(tensor_problems)
     if not tensor_problems:
         checks.append(f"{len(state)} model tensors readable and finite")
