@@ -3,6 +3,7 @@
 import os
 import tempfile
 import uuid
+from typing import Optional
 
 import pytest
 import torch
@@ -15,9 +16,29 @@ TOY_CONFIG = os.path.join(REPO, "configs", "toy", "faster_rcnn_R18_FPN_toy.yaml"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# A folder under pytest's temporary root for this session (pytest keeps the last few
+# sessions' roots and deletes older ones), set by the _output_root fixture.
+_OUTPUT_ROOT: Optional[str] = None
 
-def tiny_frcnn_cfg(**overrides):
-    """The toy R18-FPN Faster R-CNN from configs/, shrunk so that a step takes well under 1 s."""
+
+@pytest.fixture(scope="session", autouse=True)
+def _output_root(tmp_path_factory):
+    global _OUTPUT_ROOT
+    _OUTPUT_ROOT = str(tmp_path_factory.mktemp("outputs"))
+    yield
+    _OUTPUT_ROOT = None
+
+
+def tiny_frcnn_cfg(*, output_dir: Optional[str] = None, **overrides):
+    """The toy R18-FPN Faster R-CNN from configs/, shrunk so that a step takes well under 1 s.
+
+    Args:
+        output_dir: ``OUTPUT_DIR``, where load reports and checkpoints go. By default a new
+            folder under pytest's temporary root, so nothing lands in the working tree and
+            nothing outlives pytest's clean-up; outside a test session (a worker process)
+            it is left empty for the caller to set.
+        **overrides: dotted keys and Python values, see :func:`apply_overrides`.
+    """
     cfg = add_efficient_ckpt_config(get_cfg())
     cfg.merge_from_file(TOY_CONFIG)
     cfg.MODEL.FPN.OUT_CHANNELS = 32
@@ -34,8 +55,9 @@ def tiny_frcnn_cfg(**overrides):
     cfg.INPUT.MAX_SIZE_TEST = 64
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
-    # Load reports are written to OUTPUT_DIR; keep them out of the working tree.
-    cfg.OUTPUT_DIR = tempfile.mkdtemp(prefix="d2ec_test_")
+    if output_dir is None and _OUTPUT_ROOT is not None:
+        output_dir = tempfile.mkdtemp(prefix="output_", dir=_OUTPUT_ROOT)
+    cfg.OUTPUT_DIR = output_dir or ""
     return apply_overrides(cfg, overrides)
 
 
@@ -51,9 +73,16 @@ def apply_overrides(cfg, overrides):
 
 
 @pytest.fixture
-def tiny_cfg():
-    """Factory: ``tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5})``."""
-    return tiny_frcnn_cfg
+def tiny_cfg(tmp_path):
+    """Factory: ``tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5})``, each with its own
+    ``OUTPUT_DIR`` inside the test's ``tmp_path``."""
+
+    def make(**overrides):
+        return tiny_frcnn_cfg(
+            output_dir=tempfile.mkdtemp(prefix="output_", dir=tmp_path), **overrides
+        )
+
+    return make
 
 
 def train_on_toy(cfg, toy_root, prefix="toy"):

@@ -39,7 +39,9 @@ def test_config_errors_are_bad_input_and_keep_their_builtin_type(capsys, tmp_pat
     assert err.startswith(f"error: In config file '{typo}'") and "SOLVER.BASE_LRR" in err
     assert _exit_code(load_config, None, ["MODEL.NOPE", "1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert err.strip() == "error: In command-line opts: Non-existent key: MODEL.NOPE"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: In command-line opts:")
+    assert "MODEL.NOPE" in lines[0]
 
 
 def test_builtin_exception_is_a_bug_with_its_traceback(capsys):

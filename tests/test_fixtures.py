@@ -1,0 +1,21 @@
+"""The shared test helpers leave nothing behind: outputs live under pytest's temporary root,
+which pytest itself prunes (it keeps the last few sessions)."""
+
+import os
+from pathlib import Path
+
+from tests.conftest import tiny_frcnn_cfg
+
+
+def test_direct_configs_write_under_pytest_temp_root(tmp_path_factory):
+    a, b = tiny_frcnn_cfg().OUTPUT_DIR, tiny_frcnn_cfg().OUTPUT_DIR
+    assert a != b and os.path.isdir(a) and os.path.isdir(b)
+    assert Path(a).is_relative_to(tmp_path_factory.getbasetemp())
+    assert tiny_frcnn_cfg(output_dir="elsewhere").OUTPUT_DIR == "elsewhere"
+
+
+def test_fixture_configs_write_inside_the_tests_tmp_path(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5})
+    assert Path(cfg.OUTPUT_DIR).parent == tmp_path and os.path.isdir(cfg.OUTPUT_DIR)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 5
+    assert tiny_cfg().OUTPUT_DIR != cfg.OUTPUT_DIR
