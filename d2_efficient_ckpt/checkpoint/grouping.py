@@ -3,11 +3,15 @@
 Every key has a status (loaded, missing, ...). A module whose keys all share one status is
 shown as one group, e.g. ``backbone.bottom_up.res4.{6..22}.*`` for the 170 keys of the blocks
 that an R-101 has and an R-50 lacks, so that a removed stage of 100 keys is one line.
+
+Some statuses qualify another: "loaded, dtype cast" is "loaded" with a cast. Passed as
+``kin``, such a status shares groups with plain loaded keys, so that the integer BatchNorm
+counters an fp16 file leaves uncast do not split its casts into a row per layer.
 """
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set
 
 __all__ = ["KeyGroup", "group_keys", "coarsen_patterns"]
 
@@ -55,7 +59,12 @@ def _build(statuses: Mapping[str, str]) -> _Node:
     return root
 
 
-def group_keys(statuses: Mapping[str, str], *, braces: bool = True) -> List[KeyGroup]:
+def group_keys(
+    statuses: Mapping[str, str],
+    *,
+    braces: bool = True,
+    kin: Optional[Mapping[str, str]] = None,
+) -> List[KeyGroup]:
     """Group keys under the shortest module prefixes whose keys all have the same status.
 
     Sibling modules with the same status are merged into one group: numbered blocks as
@@ -67,6 +76,9 @@ def group_keys(statuses: Mapping[str, str], *, braces: bool = True) -> List[KeyG
             collapsed when no key of another status lies under it).
         braces: merge siblings into ``{...}`` groups; without it each such sibling is its own
             group, so that every pattern is a valid ``fnmatch`` glob.
+        kin: status -> the base status it qualifies, e.g. ``{"cast": "loaded"}``: keys of the
+            base status may join its groups, which then take the qualifying status. Two
+            different qualifying statuses never share a group.
 
     Returns:
         The groups, in the order of the keys.
@@ -74,29 +86,41 @@ def group_keys(statuses: Mapping[str, str], *, braces: bool = True) -> List[KeyG
     if not statuses:
         return []
     root = _build(statuses)
-    if len(root.statuses) == 1:
-        return [KeyGroup(next(iter(root.statuses)), "*", list(root.keys))]
+    kin = dict(kin or {})
+    top = _effective(root.statuses, kin)
+    if len(top) == 1:
+        return [KeyGroup(next(iter(top)), "*", list(root.keys))]
     out: List[KeyGroup] = []
-    _walk(root, [], out, braces)
+    _walk(root, [], out, braces, kin)
     return out
 
 
-def _walk(node: _Node, path: List[str], out: List[KeyGroup], braces: bool) -> None:
+def _effective(statuses: Set[str], kin: Mapping[str, str]) -> FrozenSet[str]:
+    """The statuses that decide whether a subtree is one group: a qualifying status absorbs
+    its base status (``{"cast", "loaded"}`` counts as ``{"cast"}``)."""
+    absorbed = {kin[s] for s in statuses if s in kin}
+    return frozenset(s for s in statuses if s not in absorbed)
+
+
+def _walk(
+    node: _Node, path: List[str], out: List[KeyGroup], braces: bool, kin: Mapping[str, str]
+) -> None:
     if node.status is not None:  # a key that is also the prefix of other keys
         key = ".".join(path)
         out.append(KeyGroup(node.status, key, [key]))
     names = list(node.children)
+    effective = {n: _effective(node.children[n].statuses, kin) for n in names}
     done = set()
     for name in names:
         child = node.children[name]
-        if len(child.statuses) > 1:
-            _walk(child, path + [name], out, braces)
+        if len(effective[name]) > 1:
+            _walk(child, path + [name], out, braces, kin)
             continue
-        status = next(iter(child.statuses))
+        status = next(iter(effective[name]))
         if status in done:
             continue
         done.add(status)
-        same = [n for n in names if node.children[n].statuses == {status}]
+        same = [n for n in names if effective[n] == {status}]
         out.extend(_merge(node, path, same, status, braces))
 
 

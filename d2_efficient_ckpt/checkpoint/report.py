@@ -25,6 +25,8 @@ STATUS_LABELS = {
     "not_included": "skipped: not in INCLUDE",
     "loaded": "loaded",
 }
+# Statuses that qualify "loaded": their groups may take in plain loaded keys.
+_LOADED_KIN = {"cast": "loaded", "tied": "loaded", "filled": "loaded"}
 # The statuses that count as incompatibilities for CHECKPOINT.LOAD.ON_MISMATCH.
 MISMATCH_KINDS = ("missing", "unexpected", "shape_mismatch")
 
@@ -103,7 +105,7 @@ class LoadReport:
 
     def groups(self, *, braces: bool = True) -> List[KeyGroup]:
         """Keys grouped by module prefix and status (see ``grouping.group_keys``)."""
-        return group_keys(self.key_status(), braces=braces)
+        return group_keys(self.key_status(), braces=braces, kin=_LOADED_KIN)
 
     # ----------------------------------------------------------------- output
     def to_dict(self) -> Dict[str, Any]:
@@ -219,13 +221,21 @@ def _detail(status: str, group: KeyGroup, shapes, dtypes, tied, filled) -> str:
         more = f"; +{group.count - len(keys)} more" if group.count > len(keys) else ""
         return "; ".join(parts) + more
     if status == "cast":
-        pairs = Counter(dtypes[k] for k in group.keys)
-        return ", ".join(f"{a} -> {b}" for (a, b), _ in pairs.most_common(2))
+        pairs = Counter(dtypes[k] for k in group.keys if k in dtypes)
+        text = ", ".join(f"{a} -> {b}" for (a, b), _ in pairs.most_common(2))
+        return text + _of(sum(pairs.values()), group.count)
     if status == "tied":
-        return "same tensors as " + _pattern_of([tied[k] for k in group.keys])
+        sources = [tied[k] for k in group.keys if k in tied]
+        return "same tensors as " + _pattern_of(sources) + _of(len(sources), group.count)
     if status == "filled":
-        return "; ".join(sorted({filled[k] for k in group.keys})[:2])
+        whys = [filled[k] for k in group.keys if k in filled]
+        return "; ".join(sorted(set(whys))[:2]) + _of(len(whys), group.count)
     return ""
+
+
+def _of(n: int, total: int) -> str:
+    # A group of a qualified status may hold plain loaded keys too (see grouping's kin).
+    return f" ({n} of {total} keys)" if n != total else ""
 
 
 def _pattern_of(keys) -> str:

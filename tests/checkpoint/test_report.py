@@ -121,3 +121,38 @@ def test_clean_load_has_no_explanations():
     assert "Loaded 2 of 2 model keys from m.pth" in r.format_table()
     assert r.to_dict()["groups"] == [{"status": "loaded", "pattern": "*", "count": 2}]
     assert not r.has_mismatch
+
+
+def test_kin_statuses_share_groups_with_loaded_keys():
+    status = {"a.conv.weight": "cast", "a.norm.count": "loaded", "b.weight": "cast"}
+    groups = group_keys(status, kin={"cast": "loaded"})
+    assert [(g.status, g.pattern, g.count) for g in groups] == [("cast", "*", 3)]
+    # Without kin the integer counter splits the casts, as before.
+    assert len(group_keys(status)) == 3
+    # Two different kin statuses never share a group.
+    status["b.weight"] = "tied"
+    groups = group_keys(status, kin={"cast": "loaded", "tied": "loaded"})
+    assert sorted((g.status, g.pattern) for g in groups) == [("cast", "a.*"), ("tied", "b.*")]
+    # A group of kin keys and loaded keys still matches exactly its keys.
+    status = {"a.x.w": "cast", "a.x.n": "loaded", "a.y.w": "missing"}
+    for g in group_keys(status, braces=False, kin={"cast": "loaded"}):
+        assert sorted(fnmatch.filter(status, g.pattern)) == sorted(g.keys)
+
+
+def test_fp16_file_into_fp32_model_is_one_cast_row(tiny_cfg, tmp_path):
+    from detectron2.modeling import build_model
+
+    model = build_model(tiny_cfg())
+    state = model.state_dict()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"model": half}, tmp_path / "half.pth")
+    ck = EfficientDetectionCheckpointer(build_model(tiny_cfg()), str(tmp_path))
+    ck.load(str(tmp_path / "half.pth"))
+    r = ck.last_report
+    floats = sum(v.is_floating_point() for v in state.values())
+    assert len(r.dtype_changed) == floats < len(state)  # integer BatchNorm counters stay
+    assert [(g.status, g.pattern, g.count) for g in r.groups()] == [("cast", "*", len(state))]
+    rows = r.format_table().splitlines()[3:]
+    assert len(rows) == 1, rows
+    assert "loaded, dtype cast" in rows[0]
+    assert f"torch.float16 -> torch.float32 ({floats} of {len(state)} keys)" in rows[0]
