@@ -286,7 +286,7 @@ def check_records(
                 "image sizes that disagree with the file",
                 "correct width/height in the annotations (the file's size is what detectron2 "
                 "reads, after applying the EXIF orientation).",
-                f"{record}: annotation {img['width']}x{img['height']}, file "
+                f"{record}: annotation {img['width']:g}x{img['height']:g}, file "
                 f"{info.width}x{info.height}",
                 "file's size used",
             )
@@ -485,7 +485,10 @@ def check_records(
         for ann in kept_anns:
             ann["image_id"] = new_ids[ann["image_id"]]
         renumber = True
+    if len({type(ann.get("id")) for ann in kept_anns}) > 1:
+        renumber = True  # integer and string ids together: keep the evaluator's json simple
     if renumber:
+        changed = True
         for k, ann in enumerate(kept_anns, 1):
             ann["id"] = k
     thing_classes = [categories[k] for k in sorted(categories)]

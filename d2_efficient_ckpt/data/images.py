@@ -75,6 +75,8 @@ def read_image_info(path: str) -> ImageInfo:
         return ImageInfo(error="file not found")
     except OSError as e:
         return ImageInfo(error=f"cannot stat ({e.strerror})")
+    except ValueError:  # e.g. an embedded NUL character
+        return ImageInfo(error="is not a valid path")
     if not stat.S_ISREG(st.st_mode):
         return ImageInfo(error=f"is {_kind(st.st_mode)}, not an image file")
     if st.st_size == 0:

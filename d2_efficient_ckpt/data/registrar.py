@@ -268,12 +268,19 @@ def register_and_report(
                     classes[name] = list(known)
             check_cross_dataset(cfg, classes, report.summaries, report)
             path = _emit(cfg, report, mode)
+            where = f" The full report is in '{path}'." if path else ""
             if raise_on_errors and mode == "error" and report.has(ERROR):
-                where = f" The full report is in '{path}'." if path else ""
                 raise DatasetValidationError(
                     "Dataset validation found problems (DATASETS.VALIDATION error); nothing "
                     f"was registered.{where} Fix them, or set DATASETS.VALIDATION warn to apply "
                     f"the listed actions and train anyway:\n{report.describe(ERROR)}"
+                )
+            unfixable = [p for p in report.problems(severity=ERROR) if p.action == "none"]
+            if raise_on_errors and unfixable:
+                raise DatasetValidationError(
+                    "Dataset validation found problems that no configured fix resolves, so "
+                    f"training cannot start; nothing was registered.{where}\n"
+                    + "\n".join(p.describe() for p in unfixable)
                 )
 
     started: List[str] = []

@@ -150,10 +150,18 @@ class VOC(DatasetFormat):
                 continue
             seen.add(image_id)
             xml_path = os.path.join(root, "Annotations", f"{image_id}.xml")
-            if not os.path.isfile(xml_path):
+            if not os.path.lexists(xml_path):
                 add(
                     "images without an annotation file",
                     "add Annotations/<id>.xml for each id of the split file, or remove the id.",
+                    f"'{xml_path}'",
+                )
+                continue
+            if not os.path.isfile(xml_path):
+                # Checked before opening: reading a FIFO blocks forever.
+                add(
+                    "annotation files that are not regular files",
+                    "replace each with a VOC XML file (it is a directory, FIFO or device).",
                     f"'{xml_path}'",
                 )
                 continue

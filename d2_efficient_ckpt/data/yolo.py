@@ -21,7 +21,7 @@ import yaml
 
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset
-from .report import ERROR, ValidationReport
+from .report import ERROR, WARNING, ValidationReport
 from .sources import check_dir, check_file, header, read_text
 from .voc import check_names
 
@@ -68,6 +68,11 @@ def _resolve(name: str, spec: Mapping[str, Any]) -> Tuple[str, str, List[str]]:
         text, _ = read_text(name, "DATA_YAML", path)
         try:
             cfg = yaml.safe_load(text)
+        except RecursionError:
+            raise DatasetValidationError(
+                f"{header(name)}: DATA_YAML '{path}' is nested too deeply to be a data.yaml. "
+                "Fix the file: it needs only 'path', the split folders and 'names'."
+            ) from None
         except yaml.YAMLError as e:
             raise DatasetValidationError(
                 f"{header(name)}: DATA_YAML '{path}' is not valid YAML ({e}). Fix the file."
@@ -103,12 +108,28 @@ def _list_images(image_root: str) -> List[str]:
     """Image paths relative to ``image_root``, sorted; special files included (checked later)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(image_root):
-        dirnames.sort()
         rel_dir = os.path.relpath(dirpath, image_root)
-        for f in sorted(filenames):
+        # A directory named like an image is listed (and reported), not searched.
+        posing = [d for d in dirnames if d.lower().endswith(IMAGE_EXTENSIONS)]
+        dirnames[:] = sorted(d for d in dirnames if d not in posing)
+        for f in sorted(filenames + posing):
             if f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(f if rel_dir == "." else os.path.join(rel_dir, f))
     return found
+
+
+def _orphan_labels(label_root: str, rels: List[str]) -> List[str]:
+    """Label files (relative to ``label_root``) that belong to no listed image."""
+    expected = {os.path.splitext(r)[0] + ".txt" for r in rels}
+    orphans = []
+    for dirpath, dirnames, filenames in os.walk(label_root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, label_root)
+        for f in sorted(filenames):
+            rel = f if rel_dir == "." else os.path.join(rel_dir, f)
+            if f.endswith(".txt") and rel not in expected:
+                orphans.append(rel)
+    return orphans
 
 
 def _label_path(label_root: str, rel: str) -> str:
@@ -225,7 +246,7 @@ class YOLO(DatasetFormat):
                 report.add(
                     name,
                     ERROR,
-                    "unreadable label files",
+                    "label files that are not regular files or not text",
                     "make each label file a UTF-8 text file, one 'class cx cy w h' per line.",
                     f"{record}: {why}",
                     action="image dropped",
@@ -258,6 +279,20 @@ class YOLO(DatasetFormat):
                         "iscrowd": 0,
                     }
                 )
+        orphans = _orphan_labels(label_root, rels)
+        if orphans and os.path.realpath(label_root) != os.path.realpath(image_root):
+            p = report.add(
+                name,
+                WARNING,
+                "label files without an image",
+                f"put the images in IMAGE_ROOT '{image_root}' (same relative path, an image "
+                "extension), or delete the label files.",
+                action="ignored",
+                source=label_root,
+            )
+            for rel in orphans[:100]:
+                p.add(rel)
+            p.count = len(orphans)
         data = {
             "images": images,
             "annotations": annotations,
