@@ -2,9 +2,10 @@
 
 Each *recogniser* looks at a :class:`LoadReport` (names and shapes) and returns
 :class:`Explanation` objects for the architecture changes it recognises: a new number of
-classes, class-agnostic box regression, other anchors, a deeper backbone, another width, a
-wrapper prefix, torchvision/pycls/Caffe2 naming. Recognisers run in order and each sees only
-the keys that earlier ones left unexplained. New ones are added with :func:`recogniser`.
+classes, class-agnostic box regression, other anchors, a RetinaNet head of another depth, a
+deeper backbone, another width, a wrapper prefix, torchvision/pycls/Caffe2 naming.
+Recognisers run in order and each sees only the keys that earlier ones left unexplained.
+New ones are added with :func:`recogniser`.
 """
 
 from dataclasses import dataclass, field
@@ -117,7 +118,14 @@ class ExplainContext:
         if self.model_shapes:
             return list(self.model_shapes)
         r = self.report
-        return r.loaded + r.missing + [k for k, _, _ in r.shape_mismatch] + list(r.skipped)
+        return (
+            r.loaded
+            + r.missing
+            + [k for k, _, _ in r.shape_mismatch]
+            + list(r.skipped)
+            + list(r.tied)
+            + list(r.filled)
+        )
 
     def checkpoint_keys(self) -> List[str]:
         """Checkpoint keys after renaming, as far as the report shows them."""
@@ -190,6 +198,7 @@ def _load_builtin() -> None:
         from . import (  # noqa: F401
             explain_backbone,
             explain_heads,
+            explain_retinanet,
             explain_widths,
             explain_wrappers,
             naming,

@@ -6,13 +6,14 @@ from typing import List, Optional, Sequence, Tuple
 from .explain import ExplainContext, Explanation, recogniser
 
 # Label sets whose class count is distinctive enough to name.
-_LABEL_SETS = {80: "COCO", 1203: "LVIS v1", 1230: "LVIS v0.5", 365: "Objects365", 20: "Pascal VOC"}
+LABEL_SETS = {80: "COCO", 1203: "LVIS v1", 1230: "LVIS v0.5", 365: "Objects365", 20: "Pascal VOC"}
 _PREDICTOR = re.compile(r"^(?P<p>(?:.*\.)?box_predictor(?:\.\d+)?)\.(?:cls_score|bbox_pred)\.\w+$")
 _MASK_PREDICTOR = re.compile(r"^(?:.*\.)?mask_head\.predictor\.(?:weight|bias)$")
 _RPN = re.compile(r"^(?P<p>(?:.*\.)?rpn_head)\.objectness_logits\.weight$")
 
 
-def _names(classes: Sequence[str], limit: int = 5) -> str:
+def preview_names(classes: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` class names, comma-separated, with "..." when there are more."""
     shown = ", ".join(str(c) for c in classes[:limit])
     return shown + (", ..." if len(classes) > limit else "")
 
@@ -73,8 +74,8 @@ def _classes_explanation(ctx, n_ck, n_md, prefixes, covered) -> Explanation:
         f"{where} has {n_ck + 1} outputs in the checkpoint and {n_md + 1} in the model "
         "(one per class plus background)."
     ]
-    if n_ck in _LABEL_SETS:
-        detail.append(f"{n_ck} classes is the {_LABEL_SETS[n_ck]} label set.")
+    if n_ck in LABEL_SETS:
+        detail.append(f"{n_ck} classes is the {LABEL_SETS[n_ck]} label set.")
     cfg_n = ctx.cfg_get("MODEL.ROI_HEADS.NUM_CLASSES")
     ds, classes = ctx.dataset_classes() if ctx.cfg is not None else (None, None)
     exclude = sorted({p + ".*" for p in prefixes})
@@ -91,8 +92,8 @@ def _classes_explanation(ctx, n_ck, n_md, prefixes, covered) -> Explanation:
         severity, config = "info", {"CHECKPOINT.LOAD.EXCLUDE": exclude}
         detail.append(
             f"This agrees with MODEL.ROI_HEADS.NUM_CLASSES = {cfg_n} and with dataset '{ds}' "
-            f"({len(classes)} classes: {_names(classes)}): expected when fine-tuning to a new "
-            "label set. The box predictor starts from scratch."
+            f"({len(classes)} classes: {preview_names(classes)}): expected when fine-tuning to "
+            "a new label set. The box predictor starts from scratch."
         )
         fix = "Nothing is wrong. " + accept
     elif classes is not None:
@@ -100,14 +101,14 @@ def _classes_explanation(ctx, n_ck, n_md, prefixes, covered) -> Explanation:
         severity, config = "error", {"MODEL.ROI_HEADS.NUM_CLASSES": k}
         if k == n_ck:
             detail.append(
-                f"But dataset '{ds}' has {k} classes ({_names(classes)}) like the checkpoint: "
-                f"MODEL.ROI_HEADS.NUM_CLASSES = {cfg_n} is probably wrong (a common mistake at "
-                "inference), and the box predictor would be left untrained."
+                f"But dataset '{ds}' has {k} classes ({preview_names(classes)}) like the "
+                f"checkpoint: MODEL.ROI_HEADS.NUM_CLASSES = {cfg_n} is probably wrong (a common "
+                "mistake at inference), and the box predictor would be left untrained."
             )
             fix = f"Set MODEL.ROI_HEADS.NUM_CLASSES {k}."
         else:
             detail.append(
-                f"Neither matches dataset '{ds}', which has {k} classes ({_names(classes)})."
+                f"Neither matches dataset '{ds}', which has {k} classes ({preview_names(classes)})."
             )
             fix = f"Set MODEL.ROI_HEADS.NUM_CLASSES {k} (or DATASETS.NUM_CLASSES_FROM_DATA True)."
     else:
@@ -191,8 +192,8 @@ def anchors(ctx: ExplainContext) -> List[Explanation]:
         if ratios and sizes:
             r, s = len(ratios[0]), len(sizes[0])
             detail += (
-                f" MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS {_plain(ratios)} x SIZES {_plain(sizes)} "
-                f"give {r} x {s} = {r * s} anchors per location on each level."
+                f" MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS {plain_lists(ratios)} x SIZES "
+                f"{plain_lists(sizes)} give {r} x {s} = {r * s} anchors per location on each level."
             )
             if a_ck % s == 0:
                 reuse = f" To reuse them, use {a_ck // s} aspect ratios per level again"
@@ -215,7 +216,8 @@ def anchors(ctx: ExplainContext) -> List[Explanation]:
     return out
 
 
-def _plain(value) -> str:
+def plain_lists(value) -> str:
+    """A config value of nested tuples/lists printed as nested lists, as yaml shows it."""
     return str(_lists(value))
 
 

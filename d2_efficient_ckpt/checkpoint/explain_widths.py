@@ -1,5 +1,6 @@
-"""Recognise width changes: FPN channels (MODEL.FPN.OUT_CHANNELS) and box head width
-(MODEL.ROI_BOX_HEAD.FC_DIM / CONV_DIM), with the layers fed by them."""
+"""Recognise width changes: FPN channels (MODEL.FPN.OUT_CHANNELS), box head width
+(MODEL.ROI_BOX_HEAD.FC_DIM / CONV_DIM), with the layers fed by them, and the width of the
+backbone's bottleneck blocks (MODEL.RESNETS.WIDTH_PER_GROUP / NUM_GROUPS)."""
 
 import re
 from typing import List, Tuple
@@ -8,6 +9,10 @@ from .explain import ExplainContext, Explanation, recogniser
 
 Shape = Tuple[int, ...]
 _FPN = re.compile(r"^(?P<p>(?:.*\.)?)fpn_(?:lateral|output)\d+\.weight$")
+_BOTTLENECK_CONV1 = re.compile(
+    r"^(?P<p>(?:.*\.)?)(?P<stage>res[2-5])\.(?P<block>\d+)\.conv1\.weight$"
+)
+_BOTTLENECK = re.compile(r"^(?P<p>(?:.*\.)?)res[2-5]\.\d+\.conv[123]\.")
 _BOX_HEAD = re.compile(r"^(?P<p>(?:.*\.)?box_head)\.(?P<kind>fc|conv)\d+\.weight$")
 
 
@@ -80,3 +85,60 @@ def widths(ctx: ExplainContext) -> List[Explanation]:
         )
         break
     return out
+
+
+@recogniser(order=55)
+def backbone_width(ctx: ExplainContext) -> List[Explanation]:
+    """Bottleneck width changed (MODEL.RESNETS.WIDTH_PER_GROUP, NUM_GROUPS).
+
+    A bottleneck block of stage ``res{s}`` has ``NUM_GROUPS x WIDTH_PER_GROUP x 2^(s-2)``
+    channels inside (conv1's outputs), and conv2 sees ``1 / NUM_GROUPS`` of them per group;
+    the block's output channels stay, so only conv1, conv2 and conv3's inputs change shape.
+    """
+    mm = ctx.shape_mismatch
+    for key, (ck, md) in mm.items():
+        m = _BOTTLENECK_CONV1.match(key)
+        if not m or ck[0] == md[0]:
+            continue
+        p, stage, block = m.group("p"), m.group("stage"), m.group("block")
+        conv2 = mm.get(f"{p}{stage}.{block}.conv2.weight")
+        if not conv2 or f"{p}{stage}.{block}.conv3.weight" not in mm:
+            continue
+        scale = 2 ** (int(stage[3]) - 2)
+        groups = (ck[0] // conv2[0][1], md[0] // conv2[1][1])
+        width = (ck[0] // (groups[0] * scale), md[0] // (groups[1] * scale))
+        covered = [k for k in mm if (b := _BOTTLENECK.match(k)) and b.group("p") == p]
+        return [_backbone_width_explanation(ctx, p, width, groups, covered)]
+    return []
+
+
+def _backbone_width_explanation(ctx, p, width, groups, covered) -> Explanation:
+    (w_ck, w_md), (g_ck, g_md) = width, groups
+    title = f"Backbone width changed: {g_ck}x{w_ck} -> {g_md}x{w_md} (groups x width per group)"
+    config = {"MODEL.RESNETS.WIDTH_PER_GROUP": w_ck}
+    if g_ck != g_md:
+        config["MODEL.RESNETS.NUM_GROUPS"] = g_ck
+    now = {k: ctx.cfg_get(k) for k in ("MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP")}
+    where = f"{p}res2..res5" if p else "res2..res5"
+    detail = (
+        f"The bottleneck blocks of {where} have {g_ck} group(s) of {w_ck} channels inside "
+        f"(doubling per stage) in the checkpoint and {g_md} of {w_md} in the model"
+    )
+    if all(v is not None for v in now.values()):
+        detail += " (" + ", ".join(f"{k} = {v}" for k, v in now.items()) + ")"
+    detail += (
+        f": conv1, conv2 and conv3 change shape and {len(covered)} keys start from scratch. "
+        "Block outputs keep their width, so the layers after the backbone still load."
+    )
+    settings = " and ".join(f"{k} {v}" for k, v in config.items())
+    return Explanation(
+        kind="backbone_width",
+        title=title,
+        detail=detail,
+        fix=f"To reuse the checkpoint's backbone, set {settings}. If the new width is intended, "
+        "the backbone trains from scratch: make it explicit with CHECKPOINT.LOAD.EXCLUDE.",
+        severity="warning",
+        keys=[f"{p}res*.conv1.*", f"{p}res*.conv2.*", f"{p}res*.conv3.weight"],
+        config=config,
+        covered=covered,
+    )

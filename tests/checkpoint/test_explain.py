@@ -1,5 +1,6 @@
 """Explanations of architecture changes, on real detectron2 models built from configs."""
 
+import fnmatch
 import os
 import uuid
 
@@ -246,3 +247,82 @@ def test_caffe2_names_in_a_torch_file(tmp_path):
     _, model = build(tiny_frcnn_cfg)
     report = load(tmp_path, c2, model).last_report
     assert by_kind(report)["caffe2_naming"].covered == list(c2)
+
+
+def retinanet_cfg(**overrides):
+    """A tiny RetinaNet (R18 backbone, 32-channel FPN and head), built on the CPU."""
+    cfg = tiny_frcnn_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.RETINANET.NUM_CLASSES = 3
+    return apply_overrides(cfg, overrides)
+
+
+def test_retinanet_num_classes_agrees_with_dataset(tmp_path, dataset):
+    _, src = build(retinanet_cfg)
+    name = dataset(["a", "b", "c", "d", "e"])
+    cfg, model = build(retinanet_cfg, **{"MODEL.RETINANET.NUM_CLASSES": 5})
+    cfg.DATASETS.TRAIN = (name,)
+    report = load(tmp_path, src.state_dict(), model, cfg).last_report
+    exp = by_kind(report)["num_classes"]
+    assert exp.title == "Number of classes changed: 3 -> 5 classes (RetinaNet head)"
+    assert exp.keys == ["head.cls_score.*"]
+    assert exp.severity == "info"
+    assert "(3 anchors per location x classes" in exp.detail
+    assert len(report.explanations) == 1
+
+
+def test_retinanet_num_classes_against_a_dataset_like_the_checkpoint(tmp_path, dataset):
+    _, src = build(retinanet_cfg)
+    cfg, model = build(retinanet_cfg, **{"MODEL.RETINANET.NUM_CLASSES": 5})
+    cfg.DATASETS.TRAIN = (dataset(["a", "b", "c"]),)
+    exp = by_kind(load(tmp_path, src.state_dict(), model, cfg).last_report)["num_classes"]
+    assert exp.severity == "error"
+    assert exp.config == {"MODEL.RETINANET.NUM_CLASSES": 3}
+
+
+def test_retinanet_anchors_per_location(tmp_path):
+    _, src = build(retinanet_cfg)
+    ratios = [[0.25, 0.5, 1.0, 2.0]]
+    cfg, model = build(retinanet_cfg, **{"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": ratios})
+    report = load(tmp_path, src.state_dict(), model, cfg).last_report
+    exp = by_kind(report)["anchors"]
+    assert exp.title == "Anchors per location changed: 3 -> 4 (RetinaNet head)"
+    assert sorted(exp.covered) == sorted(k for k, _, _ in report.shape_mismatch)
+    assert len(exp.covered) == 4
+    assert "4 x 1 = 4 anchors per location" in exp.detail
+    assert len(report.explanations) == 1
+
+
+@pytest.mark.parametrize("convs", [2, 6])
+def test_retinanet_head_depth(tmp_path, convs):
+    _, src = build(retinanet_cfg)
+    cfg, model = build(retinanet_cfg, **{"MODEL.RETINANET.NUM_CONVS": convs})
+    report = load(tmp_path, src.state_dict(), model, cfg).last_report
+    exp = by_kind(report)["retinanet_num_convs"]
+    assert exp.title == f"RetinaNet head depth changed: 4 -> {convs} convs per subnet"
+    assert exp.config == {"MODEL.RETINANET.NUM_CONVS": 4}
+    loose = report.missing + report.unexpected
+    assert len(loose) == 8 and sorted(exp.covered) == sorted(loose)
+    assert len(report.explanations) == 1
+
+
+def test_backbone_width_per_group(tmp_path):
+    narrow = {
+        "MODEL.RESNETS.DEPTH": 50,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
+    }
+    _, src = build(tiny_frcnn_cfg, **narrow)
+    cfg, model = build(tiny_frcnn_cfg, **{**narrow, "MODEL.RESNETS.WIDTH_PER_GROUP": 16})
+    report = load(tmp_path, src.state_dict(), model, cfg).last_report
+    exp = by_kind(report)["backbone_width"]
+    assert exp.title == "Backbone width changed: 1x8 -> 1x16 (groups x width per group)"
+    assert exp.config == {"MODEL.RESNETS.WIDTH_PER_GROUP": 8}
+    assert sorted(exp.covered) == sorted(k for k, _, _ in report.shape_mismatch)
+    assert "MODEL.RESNETS.WIDTH_PER_GROUP = 16" in exp.detail
+    assert all(any(fnmatch.fnmatch(k, pat) for pat in exp.keys) for k in exp.covered)
+    assert len(exp.keys) == 3  # not one pattern per block
+    assert len(report.explanations) == 1
