@@ -13,6 +13,7 @@ from d2_efficient_ckpt.data import (
     check_num_classes,
     get_dataset_format,
     prepare_datasets,
+    register_and_report,
     register_datasets_from_cfg,
 )
 
@@ -79,11 +80,30 @@ def test_conflicting_reregistration_is_refused(cfg, toy_root, dataset_name, spec
     assert MetadataCatalog.get(name).json_file.endswith("train.json")
 
 
-def test_builtin_name_is_refused(cfg, toy_root, spec_for, declare):
+def test_builtin_name_is_refused_showing_both(cfg, toy_root, spec_for, declare):
     declare(cfg, "coco_2017_val", spec_for(toy_root))
-    with pytest.raises(DatasetConfigError, match="already registered outside DATASETS.CUSTOM"):
+    with pytest.raises(DatasetConfigError) as e:
         register_datasets_from_cfg(cfg)
+    msg = str(e.value)
+    assert "already registered outside DATASETS.CUSTOM" in msg
+    assert "existing: evaluator_type='coco', json_file='" in msg and "instances_val2017" in msg
+    assert "declared: {'FORMAT': 'coco', 'ANN_FILE': '" in msg and "train.json" in msg
     assert MetadataCatalog.get("coco_2017_val").get("custom_dataset_spec") is None
+
+
+def test_unused_datasets_are_registered_but_not_validated(
+    cfg, toy_root, tmp_path, dataset_name, spec_for, declare
+):
+    used, unused = dataset_name("used"), dataset_name("inherited")
+    declare(cfg, used, spec_for(toy_root))
+    # As if inherited from a base config whose files do not exist here.
+    missing = {"FORMAT": "voc", "ROOT": str(tmp_path / "nowhere"), "SPLIT": "train"}
+    declare(cfg, unused, missing, split=None)
+    _, report, scanned = register_and_report(cfg)
+    assert set(scanned) == {used} and set(report.summaries) == {used}
+    assert unused in DatasetCatalog  # usable by code later; checked when loaded
+    with pytest.raises(DatasetValidationError, match="nowhere' does not exist"):
+        DatasetCatalog.get(unused)
 
 
 def test_nothing_registered_when_one_entry_is_bad(cfg, toy_copy, dataset_name, spec_for, declare):
@@ -206,10 +226,16 @@ def test_datasets_of_a_run_must_agree_on_classes(
     msg = str(e.value)
     assert f"'{b}' vs '{a}': only in the first: [box]; only in the second: [square]" in msg
     assert "identical in all datasets" in msg
+    # No configured fix resolves it, so "warn" stops as well.
     cfg.DATASETS.VALIDATION = "warn"
-    register_datasets_from_cfg(cfg)
-    with pytest.raises(DatasetConfigError, match=f"'{b}' in DATASETS.{second_split} has other"):
-        check_num_classes(cfg)
+    with pytest.raises(DatasetValidationError, match="no configured fix resolves"):
+        register_datasets_from_cfg(cfg)
+    if second_split == "TRAIN":
+        # Without validation, the classes are compared when NUM_CLASSES is set from the data.
+        cfg.DATASETS.VALIDATION = "off"
+        register_datasets_from_cfg(cfg)
+        with pytest.raises(DatasetConfigError, match=f"'{b}' in DATASETS.TRAIN has other"):
+            check_num_classes(cfg)
 
 
 def test_prepare_datasets_end_to_end(cfg, toy_root, dataset_name, spec_for, declare):
