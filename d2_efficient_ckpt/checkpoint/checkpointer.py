@@ -324,7 +324,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             k: tuple(v.shape) for k, v in model_sd.items() if not torch.nn.parameter.is_lazy(v)
         }
         report.num_keys_model = len(model_sd)
-        if checkpoint.pop("matching_heuristics", False):
+        if checkpoint.get("matching_heuristics", False):  # returned to the caller, as stock
             # Name-matching heuristics need every tensor; zoo files are small and eager.
             with FileReader(self._mapping) as reader:
                 full = {k: _read_value(reader, v) for k, v in state.items()}

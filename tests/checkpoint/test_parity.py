@@ -269,8 +269,9 @@ def test_caffe2_backbone_without_running_stats_matches_stock(tiny_cfg, tmp_path)
         pickle.dump({"blobs": blobs}, f)
     path = str(tmp_path / "R-18.pkl")
     stock, ours = build_tiny(tiny_cfg, **frozen), build_tiny(tiny_cfg, **frozen)
-    missing, unexpected, shapes, _ = stock_load(stock, path)
-    report, _ = ours_load(ours, path)
+    missing, unexpected, shapes, rest = stock_load(stock, path)
+    report, ours_rest = ours_load(ours, path)
+    assert sorted(ours_rest) == sorted(rest) == ["__author__", "matching_heuristics"]
     assert not any(k.endswith(("running_mean", "running_var")) for k in report.missing)
     assert sorted(report.missing) == missing
     assert sorted(report.unexpected) == unexpected
