@@ -1,17 +1,23 @@
 """Every tool's one rule: the package's own user errors are one ``error:`` line and exit 2;
 any other exception is a bug, printed with its traceback, and exits 3."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from d2_efficient_ckpt.cli import inspect_cmd, main
 from d2_efficient_ckpt.config_utils import ConfigKeyError, load_config
+from d2_efficient_ckpt.data import generate_toy_dataset
 from d2_efficient_ckpt.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL_ERROR,
     USER_ERRORS,
     exit_on_user_error,
 )
+from tests.conftest import REPO, tiny_frcnn_cfg
 
 
 def _exit_code(fn, *args):
@@ -73,3 +79,31 @@ def test_cli_bad_input_is_still_one_line(capsys, tmp_path):
     assert main(["inspect", str(tmp_path / "missing.pth")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"error: {tmp_path / 'missing.pth'}: no such file."]
+
+
+def test_train_net_worker_bad_input_is_an_error_line_and_exit_2(tmp_path):
+    """With spawned workers (2 processes over gloo on the CPU) bad input found inside a
+    worker is still one kind of error line and exit 2, not the launcher's traceback."""
+    generate_toy_dataset(str(tmp_path / "toy"), num_train=4, num_val=2, size=64, seed=3)
+    cfg = tiny_frcnn_cfg(output_dir=str(tmp_path / "out"))
+    for split in ("train", "val"):
+        node = cfg.DATASETS.CUSTOM[f"toy_{split}"]
+        node.ANN_FILE = str(tmp_path / "toy" / "annotations" / f"{split}.json")
+        node.IMAGE_ROOT = str(tmp_path / "toy" / "images" / split)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "missing.pth")  # found missing only by the workers
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+    # No GPU for the workers, so that they use gloo on any host.
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2"]
+        + ["--eval-only", "--config-file", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == EXIT_BAD_INPUT, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and all("missing.pth" in line for line in errors)

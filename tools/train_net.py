@@ -10,9 +10,11 @@ Examples:
 """
 
 import logging
+import sys
 
 import detectron2.utils.comm as comm
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
@@ -21,7 +23,13 @@ from d2_efficient_ckpt import build_checkpointer
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
-from d2_efficient_ckpt.errors import exit_on_user_error
+from d2_efficient_ckpt.errors import (
+    EXIT_BAD_INPUT,
+    USER_ERRORS,
+    error_message,
+    exit_on_user_error,
+    print_error,
+)
 
 
 def setup(args):
@@ -57,9 +65,19 @@ def main(args):
     return trainer.train()
 
 
+def _spawns_workers(args) -> bool:
+    return args.num_gpus * args.num_machines > 1
+
+
 def _main_and_cleanup(args):
     try:
         return main(args)
+    except USER_ERRORS as e:
+        if not _spawns_workers(args):
+            raise  # this process reports it, through exit_on_user_error
+        # A spawned worker prints the error line itself; its exit status tells the launcher.
+        print_error(error_message(e))
+        sys.exit(EXIT_BAD_INPUT)
     finally:
         # A worker that exits with a live process group can abort at interpreter exit.
         if dist.is_available() and dist.is_initialized():
@@ -72,17 +90,26 @@ def _preflight(args):
     prepare_datasets(load_config(args.config_file, args.opts))
 
 
+def _launch(args):
+    try:
+        return launch(
+            _main_and_cleanup,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except mp.ProcessExitedException as e:
+        if e.exit_code == EXIT_BAD_INPUT:  # a worker stopped on bad input and said why
+            sys.exit(EXIT_BAD_INPUT)
+        raise
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    if args.num_gpus * args.num_machines > 1:
+    if _spawns_workers(args):
         exit_on_user_error(_preflight, args)
-    exit_on_user_error(
-        launch,
-        _main_and_cleanup,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    # Bad input exits 2 after one error line; anything else is a bug: traceback, exit 3.
+    exit_on_user_error(_launch, args)
