@@ -251,6 +251,23 @@ def test_old_module_versions_match_stock(tmp_path, prefix, versions):
     assert_same_weights(ours, stock)
 
 
+def test_module_versions_follow_rename_rules(tmp_path):
+    path = str(tmp_path / "old.pth")
+    torch.save({"model": _old_state(1, 1, prefix="net.")}, path)
+    report, _ = ours_load(_Net(), path, rename=[["^net\\.", ""]], on_mismatch="error")
+    assert report.missing == [] and report.unexpected == []
+    assert sorted(report.filled) == [
+        "bn.num_batches_tracked",
+        "frozen.running_mean",
+        "frozen.running_var",
+    ]
+    path = str(tmp_path / "new.pth")
+    torch.save({"model": _old_state(2, 3, prefix="net.")}, path)
+    report, _ = ours_load(_Net(), path, rename=[["^net\\.", ""]])
+    assert report.filled == {}  # versions 2 and 3 have these keys: they are missing
+    assert len(report.missing) == 3
+
+
 # ------------------------------------------------------------------ Caffe2 and pycls files
 def test_caffe2_backbone_without_running_stats_matches_stock(tiny_cfg, tmp_path):
     """Caffe2 ImageNet weights have no running statistics and no module versions: the
