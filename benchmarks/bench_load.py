@@ -45,6 +45,7 @@ import procmem
 from load_worker import CASES, CLASSES, RESULT_MARKER, make_cfg, make_checkpoint, worker_main
 
 from d2_efficient_ckpt.checkpoint.vm import evict_from_page_cache, page_cache_residency
+from d2_efficient_ckpt.errors import EXIT_BAD_INPUT, print_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
@@ -378,16 +379,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print(
-                f"error: --device {device} was asked for but CUDA is not available "
+            print_error(
+                f"--device {device} was asked for but CUDA is not available "
                 f"(torch {torch.__version__}, torch.version.cuda={torch.version.cuda}). "
-                "Run on a GPU machine, or use --device cpu.",
-                file=sys.stderr,
+                "Run on a GPU machine, or use --device cpu."
             )
-            return 2
+            return EXIT_BAD_INPUT
     elif device != "cpu":
-        print(f"error: --device must be 'cpu' or 'cuda:N', not {device!r}", file=sys.stderr)
-        return 2
+        print_error(f"--device must be 'cpu' or 'cuda:N', not {device!r}")
+        return EXIT_BAD_INPUT
     warm_n = args.repeats or (2 if args.quick else 5)
     evicted_n = args.evicted_repeats or (1 if args.quick else 5)
     t_start = time.perf_counter()

@@ -2,7 +2,6 @@
 
 import math
 import os
-import sys
 from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
@@ -11,6 +10,7 @@ from ..checkpoint.compare import diff_state_dicts
 from ..checkpoint.explain import explain
 from ..checkpoint.grouping import group_keys
 from ..checkpoint.policy import check_policy, policy_message
+from ..errors import print_error
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -101,7 +101,7 @@ def diff_model(args, path: Optional[str], opts: List[str]) -> int:
     }
     emit(args, data, report.format_table(max_rows_per_status=50))
     if outcome.broken:
-        print(f"error: {policy_message(report, outcome)}", file=sys.stderr)
+        print_error(policy_message(report, outcome))
         return EXIT_FAILED
     return EXIT_OK
 
