@@ -14,6 +14,7 @@ import sys
 import time
 
 from d2_efficient_ckpt.data.toy import FORMATS, TOY_CATEGORIES, generate_toy_dataset
+from d2_efficient_ckpt.errors import EXIT_BAD_INPUT, print_error
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,8 +54,8 @@ def main(argv=None) -> int:
             formats=args.formats,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print_error(str(e))
+        return EXIT_BAD_INPUT
     if result.skipped:
         print(
             f"{args.out} already holds the toy dataset for {result.params}; nothing written "
