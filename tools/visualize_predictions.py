@@ -20,6 +20,7 @@ from detectron2.utils.visualizer import Visualizer
 from d2_efficient_ckpt import build_checkpointer
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
+from d2_efficient_ckpt.data.errors import DatasetConfigError
 from d2_efficient_ckpt.errors import exit_on_user_error
 
 
@@ -52,7 +53,10 @@ def main() -> None:
     prepare_datasets(cfg)
     cfg.freeze()
     if not cfg.DATASETS.TEST:
-        raise SystemExit("DATASETS.TEST is empty: name a dataset to draw predictions on.")
+        raise DatasetConfigError(
+            "DATASETS.TEST is empty: name a dataset to draw predictions on, e.g. "
+            "DATASETS.TEST \"('toy_val',)\" on the command line."
+        )
     name = cfg.DATASETS.TEST[0]
     predictor = _Predictor(cfg)
     metadata = MetadataCatalog.get(name)
