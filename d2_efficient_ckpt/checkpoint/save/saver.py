@@ -86,6 +86,7 @@ class CheckpointSaver:
         last_blocked_s: seconds the last :meth:`save` blocked its caller.
         last_wait_s: of which waiting for the previous save (back-pressure: nonzero means
             saves come faster than the disk takes them).
+        last_snapshot_s: of which copying the state into the snapshot (asynchronous only).
         last_result: the :class:`SaveResult` of the last finished write.
     """
 
@@ -106,6 +107,7 @@ class CheckpointSaver:
         self._cleaned = False
         self.last_blocked_s = 0.0
         self.last_wait_s = 0.0
+        self.last_snapshot_s = 0.0
         self.last_result: Optional[SaveResult] = None
 
     def clean_stale(self) -> List[str]:
@@ -138,6 +140,7 @@ class CheckpointSaver:
             self.last_blocked_s = time.perf_counter() - start
             return
         snapshot = self._buffers.take(data)
+        self.last_snapshot_s = time.perf_counter() - start - self.last_wait_s
 
         def job() -> None:
             snapshot.wait()

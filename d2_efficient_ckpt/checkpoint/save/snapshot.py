@@ -12,11 +12,24 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Set, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["Snapshot", "SnapshotBuffers"]
 
 _Key = Tuple[Any, ...]
+# dtypes numpy can view without a copy (bfloat16 and friends go through torch).
+_NUMPY_DTYPES = {
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+}
 
 
 @dataclass
@@ -99,7 +112,13 @@ class SnapshotBuffers:
             buf = _empty_like_host(t, pin=on_device and t.device.type == "cuda")
             self._buffers[key] = buf
             self.allocated_bytes += _nbytes(buf)
-        buf.copy_(t, non_blocking=on_device)
+        if on_device or t.dtype not in _NUMPY_DTYPES:
+            buf.copy_(t, non_blocking=on_device)
+        else:
+            # A plain single-threaded memcpy: torch's copy_ opens an OpenMP region per
+            # tensor, and on a busy machine each one waits for a descheduled thread
+            # (measured: 0.3-1.3 s against 0.14 s for these 515 tensors, 334 MB).
+            np.copyto(buf.numpy(), t.numpy())
         if on_device and t.device.type == "cuda":
             self._devices.add(t.device)
         snap.nbytes += _nbytes(buf)
