@@ -8,6 +8,7 @@ from typing import Optional
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
 
@@ -27,6 +28,19 @@ def _output_root(tmp_path_factory):
     _OUTPUT_ROOT = str(tmp_path_factory.mktemp("outputs"))
     yield
     _OUTPUT_ROOT = None
+
+
+@pytest.fixture(autouse=True)
+def _forget_datasets_registered_by_the_test():
+    """detectron2's catalogs are process-global: datasets and metadata a test registers are
+    removed after it, so that no test sees another's. Module- and session-scoped fixtures are
+    set up before this snapshot, so what they register stays for their scope."""
+    datasets, metadata = set(DatasetCatalog.list()), set(MetadataCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - datasets:
+        DatasetCatalog.remove(name)
+    for name in set(MetadataCatalog.list()) - metadata:
+        MetadataCatalog.remove(name)
 
 
 def tiny_frcnn_cfg(*, output_dir: Optional[str] = None, **overrides):
