@@ -48,12 +48,39 @@ def entry_paths(cache_dir: str, name: str, key: str) -> Dict[str, str]:
     return {"json": f"{stem}.coco.json", "meta": f"{stem}.meta.json"}
 
 
+# Elements of a top-level list encoded per json.dumps call: bounds the size of each string.
+_CHUNK = 20000
+
+
+def _dumps(obj: Any) -> str:
+    # json.dumps uses the C encoder; json.dump(obj, file) would use the pure-Python one.
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as compact UTF-8 JSON, atomically."""
+    """Write ``obj`` as compact UTF-8 JSON, atomically.
+
+    The lists of a top-level dict are encoded in chunks, so a dataset of millions of
+    annotations never exists as one string in memory.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
+        if not isinstance(obj, dict):
+            f.write(_dumps(obj))
+        else:
+            f.write("{")
+            for k, (key, value) in enumerate(obj.items()):
+                f.write(("," if k else "") + _dumps(key) + ":")
+                if isinstance(value, list) and len(value) > _CHUNK:
+                    f.write("[")
+                    for start in range(0, len(value), _CHUNK):
+                        part = _dumps(value[start : start + _CHUNK])[1:-1]
+                        f.write(("," if start else "") + part)
+                    f.write("]")
+                else:
+                    f.write(_dumps(value))
+            f.write("}")
     os.replace(tmp, path)
 
 

@@ -55,6 +55,36 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_NUMBER_TYPES = (int, float)  # exact types: bool (an int subclass) is excluded
+_ID_TYPES = (int, str)
+
+
+def _is_box(bbox: Any) -> bool:
+    """A list of four finite numbers (the hot path: one call per annotation)."""
+    if type(bbox) is not list or len(bbox) != 4:
+        return False
+    x, y, w, h = bbox
+    if not (
+        type(x) in _NUMBER_TYPES
+        and type(y) in _NUMBER_TYPES
+        and type(w) in _NUMBER_TYPES
+        and type(h) in _NUMBER_TYPES
+    ):
+        return False
+    # One non-finite value makes the sum non-finite; so does a sum that overflows, which
+    # only absurd boxes reach.
+    return math.isfinite(x + y + w + h)
+
+
+def _is_polygon(poly: Any) -> bool:
+    if type(poly) is not list or len(poly) < 6 or len(poly) % 2:
+        return False
+    try:
+        return math.isfinite(sum(poly))  # TypeError for anything but numbers
+    except TypeError:
+        return False
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -65,13 +95,7 @@ def is_valid_segmentation(segm: Any) -> bool:
     Anything else makes detectron2 raise (a flat list) or drop the whole annotation.
     """
     if isinstance(segm, list):
-        return bool(segm) and all(
-            isinstance(poly, list)
-            and len(poly) >= 6
-            and len(poly) % 2 == 0
-            and all(_is_number(v) for v in poly)
-            for poly in segm
-        )
+        return bool(segm) and all(_is_polygon(poly) for poly in segm)
     if isinstance(segm, dict):
         size = segm.get("size")
         return (
@@ -320,13 +344,12 @@ def check_records(
             )
             continue
         ann_id = ann.get("id")
-        what = f"annotation id {ann_id!r}" if ann_id is not None else f"annotations[{i}]"
-        if not (_is_int(ann_id) or isinstance(ann_id, str)):
+        if type(ann_id) not in _ID_TYPES:
             add(
                 ERROR,
                 'annotations without an "id"',
                 'give every annotation a unique "id".',
-                what,
+                _what(ann_id, i),
                 "renumbered",
             )
             renumber = True
@@ -335,14 +358,14 @@ def check_records(
                 ERROR,
                 "duplicate annotation ids",
                 'give every annotation a unique "id" (the evaluator keeps only one of each).',
-                f"{what} (annotations[{i}])",
+                f"{_what(ann_id, i)} (annotations[{i}])",
                 "renumbered",
             )
             renumber = True
         else:
             ann_ids.add(ann_id)
         image_id = ann.get("image_id")
-        img = images.get(image_id) if _is_int(image_id) or isinstance(image_id, str) else None
+        img = images.get(image_id) if type(image_id) in _ID_TYPES else None
         if img is None:
             if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in all_ids:
                 add(
@@ -350,18 +373,18 @@ def check_records(
                     'annotations whose image_id is not in "images"',
                     'point image_id at the "id" of an entry in "images", or delete those '
                     "annotations.",
-                    f"{what}: image_id {image_id!r}"[:200],
+                    f"{_what(ann_id, i)}: image_id {image_id!r}"[:200],
                     "dropped",
                 )
             continue  # otherwise its image was dropped above, and reported there
         category_id = ann.get("category_id")
-        if not _is_int(category_id) or category_id not in categories:
+        if type(category_id) is not int or category_id not in categories:
             add(
                 ERROR,
                 'annotations whose category_id is not in "categories"',
                 f"use one of the category ids {_short(sorted(categories))}, or add the "
                 "missing categories.",
-                f"{what}: category_id {category_id!r}",
+                f"{_what(ann_id, i)}: category_id {category_id!r}",
                 "dropped",
             )
             continue
@@ -370,12 +393,12 @@ def check_records(
             cx, cy, bw, bh = ann.pop("yolo_box")
             ann["bbox"] = [(cx - bw / 2) * W, (cy - bh / 2) * H, bw * W, bh * H]
         bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not _is_box(bbox):
             add(
                 ERROR,
                 "annotations with a bad bbox",
                 "write bbox as [x, y, width, height] in pixels with width > 0 and height > 0.",
-                f"{what}: bbox {bbox!r}"[:200],
+                f"{_what(ann_id, i)}: bbox {bbox!r}"[:200],
                 "dropped",
             )
             continue
@@ -386,12 +409,13 @@ def check_records(
                 "degenerate boxes (width or height <= 0)",
                 "write bbox as [x, y, width, height] in pixels with width > 0 and height > 0, "
                 "or delete degenerate boxes.",
-                f"{what}: bbox {bbox!r}",
+                f"{_what(ann_id, i)}: bbox {bbox!r}",
                 "dropped",
             )
             continue
         if x < 0 or y < 0 or x + w > W + 0.01 or y + h > H + 0.01:
-            record = f"{what} in image {img['id']!r} ({W}x{H}): bbox {[round(v, 2) for v in bbox]}"
+            shown = [round(v, 2) for v in bbox]
+            record = f"{_what(ann_id, i)} in image {img['id']!r} ({W:g}x{H:g}): bbox {shown}"
             fix = (
                 "correct the box; DATASETS.BOX_OUTSIDE_IMAGE (clip or drop) chooses what "
                 "happens to such boxes."
@@ -407,7 +431,8 @@ def check_records(
                 add(WARNING, "boxes outside their image", fix, record, action)
                 changed = True
                 continue
-        if not _is_number(ann.get("area")) or ann["area"] < 0:
+        area = ann.get("area")
+        if type(area) not in _NUMBER_TYPES or not 0 <= area < math.inf:
             # COCOeval needs an area for its small/medium/large ranges.
             ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
             changed = True
@@ -417,7 +442,7 @@ def check_records(
                 ERROR,
                 'annotations with a bad "iscrowd"',
                 'set "iscrowd" to 0 or 1.',
-                f"{what}: iscrowd {iscrowd!r}",
+                f"{_what(ann_id, i)}: iscrowd {iscrowd!r}",
                 "set to 0",
             )
             ann["iscrowd"] = 0
@@ -429,7 +454,7 @@ def check_records(
                 'annotations with "ignore": 1',
                 'replace "ignore": 1 by "iscrowd": 1 (crowd regions are ignored in training '
                 "and evaluation).",
-                what,
+                _what(ann_id, i),
                 "iscrowd set to 1",
             )
             ann["iscrowd"] = 1
@@ -444,7 +469,7 @@ def check_records(
                 "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] or RLE as "
                 '{"counts": ..., "size": [h, w]}, or remove "segmentation" (boxes are enough '
                 "for this model).",
-                f"{what}: {detail}",
+                f"{_what(ann_id, i)}: {detail}",
                 "segmentation removed, box kept",
             )
             changed = True
@@ -505,6 +530,11 @@ def check_records(
         {k: i for i, k in enumerate(sorted(categories))},
         summary,
     )
+
+
+def _what(ann_id: Any, index: int) -> str:
+    """How messages name an annotation: by its id, or by its position when it has none."""
+    return f"annotation id {ann_id!r}" if ann_id is not None else f"annotations[{index}]"
 
 
 def _short(values: List[Any], limit: int = 20) -> str:

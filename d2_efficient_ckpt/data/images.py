@@ -1,8 +1,11 @@
 """Image checks from file headers only: regular file, decodable header, size, EXIF, truncation.
 
-Pillow's ``Image.open`` reads the header and stops, so the pixel data is never decoded.
-The size returned is the size detectron2's ``read_image`` produces, i.e. after the EXIF
-orientation is applied (orientations 5 to 8 swap width and height). A file that is not a
+JPEG and PNG headers are parsed here directly (the marker segments up to the frame header,
+and the EXIF orientation tag; a PNG's IHDR chunk), which is about ten times faster than
+Pillow's ``Image.open``; anything else, or anything unusual, is left to ``Image.open``, which
+also reads only the header. The pixel data is never decoded. The size returned is the size
+detectron2's ``read_image`` produces, i.e. after the EXIF orientation is applied
+(orientations 5 to 8 swap width and height). A file that is not a
 regular file (a FIFO would block a data-loader worker forever) is refused from ``os.stat``
 before anything opens it.
 """
@@ -10,6 +13,7 @@ before anything opens it.
 import logging
 import os
 import stat
+import struct
 from concurrent.futures import ProcessPoolExecutor
 from typing import List, NamedTuple, Optional, Sequence
 
@@ -60,6 +64,86 @@ def _truncated(f, fmt: Optional[str], size: int) -> bool:
     return b"IEND" not in tail[-12:]
 
 
+# Start-of-frame markers (they carry the size); not DHT (C4), JPG (C8) or DAC (CC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])
+# Enough for the APPn segments (an EXIF block is at most 64 KiB) before the frame header.
+_HEAD = 66 * 1024
+_FIRST_READ = 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _exif_orientation(segment: bytes) -> int:
+    """The orientation tag of IFD0 in an APP1 ``Exif`` segment (1 when absent or unreadable)."""
+    tiff = segment[6:]
+    if tiff[:2] == b"II":
+        end = "<"
+    elif tiff[:2] == b"MM":
+        end = ">"
+    else:
+        return 1
+    try:
+        (offset,) = struct.unpack_from(end + "I", tiff, 4)
+        (count,) = struct.unpack_from(end + "H", tiff, offset)
+        for k in range(count):
+            tag, kind, _, value = struct.unpack_from(end + "HHI4s", tiff, offset + 2 + 12 * k)
+            if tag == _EXIF_ORIENTATION and kind == 3:
+                return struct.unpack_from(end + "H", value)[0]
+    except struct.error:
+        pass
+    return 1
+
+
+def _parse_jpeg(head: bytes):
+    """(width, height, orientation) from a JPEG's first bytes, or None to ask Pillow."""
+    i, n, orientation = 2, len(head), 1
+    while i + 4 <= n:
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", head, i + 2)
+        if marker in _SOF:
+            if i + 9 > n:
+                return None
+            height, width = struct.unpack_from(">HH", head, i + 5)
+            return (width, height, orientation) if width and height else None
+        if marker == 0xE1 and head[i + 4 : i + 10] == b"Exif\x00\x00":
+            orientation = _exif_orientation(head[i + 4 : i + 2 + length])
+        elif marker == 0xDA:  # scan data before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def _parse_png(head: bytes):
+    if len(head) < 24 or head[12:16] != b"IHDR" or b"eXIf" in head:
+        return None  # an EXIF chunk: let Pillow read the orientation
+    width, height = struct.unpack_from(">II", head, 16)
+    return (width, height, 1) if width and height else None
+
+
+def _fast_info(f, size: int):
+    """(width, height, orientation, format) for plain JPEG/PNG files, else None."""
+    head = f.read(_FIRST_READ)
+    if head[:3] == b"\xff\xd8\xff":
+        parsed, fmt = _parse_jpeg(head), "JPEG"
+        if parsed is None and len(head) == _FIRST_READ:
+            # The frame header comes after large APPn segments (EXIF with a thumbnail).
+            head += f.read(_HEAD - _FIRST_READ)
+            parsed = _parse_jpeg(head)
+    elif head[:8] == _PNG_SIGNATURE:
+        parsed, fmt = _parse_png(head), "PNG"
+    else:
+        return None
+    return None if parsed is None else (*parsed, fmt)
+
+
 def read_image_info(path: str) -> ImageInfo:
     """Size of the image at ``path`` as detectron2 will read it, or why it cannot be read.
 
@@ -81,6 +165,18 @@ def read_image_info(path: str) -> ImageInfo:
         return ImageInfo(error=f"is {_kind(st.st_mode)}, not an image file")
     if st.st_size == 0:
         return ImageInfo(error="is empty (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            fast = _fast_info(f, st.st_size)
+            if fast is not None:
+                width, height, orientation, fmt = fast
+                if _truncated(f, fmt, st.st_size):
+                    return ImageInfo(error=f"is a truncated {fmt} file (no end marker)")
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                return ImageInfo(width, height)
+    except OSError as e:
+        return ImageInfo(error=f"cannot be read ({e.strerror})")
     try:
         with open(path, "rb") as f, Image.open(f) as img:
             width, height = img.size

@@ -140,10 +140,10 @@ def _parse_line(line: str, num_classes: int) -> Tuple[Any, Any, str]:
     """(class index, normalized cxcywh, "") or (None, None, why the line is unusable)."""
     parts = line.split()
     try:
-        values = [float(v) for v in parts]
+        values = list(map(float, parts))
     except ValueError:
         return None, None, "not numbers"
-    if not all(math.isfinite(v) for v in values):
+    if not math.isfinite(sum(values)):
         return None, None, "not finite numbers"
     cls = values[0]
     if cls != int(cls) or not 0 <= cls < num_classes:
@@ -240,7 +240,7 @@ class YOLO(DatasetFormat):
         annotations: List[Dict[str, Any]] = []
         for rel in rels:
             label = _label_path(label_root, rel)
-            record = os.path.relpath(label, label_root)
+            record = label[len(label_root) + 1 :]  # relative to LABEL_ROOT, for messages
             text, why = _read_label(name, label)
             if why:
                 report.add(
