@@ -135,9 +135,16 @@ def diff_files(args, a: str, b: str) -> int:
     status.update({k: "shape differs" for k, _, _ in d.shape})
     shapes = {k: f"{tuple(x)} -> {tuple(y)}" for k, x, y in d.shape}
     dtypes = {k: f"{x} -> {y}" for k, x, y in d.dtype}
+    first = {**dtypes, **shapes}
     rows = [
-        [g.status, g.pattern, g.count, shapes.get(g.keys[0], dtypes.get(g.keys[0], ""))]
-        for g in group_keys(status)
+        [
+            g.status,
+            g.pattern,
+            sum(status[k] == g.status for k in g.keys),
+            next((first[k] for k in g.keys if k in first), ""),
+        ]
+        # Integer tensors that an fp16 copy keeps as they are do not split its dtype rows.
+        for g in group_keys(status, kin={"dtype differs": "same"})
         if g.status != "same"
     ]
     if rows:
