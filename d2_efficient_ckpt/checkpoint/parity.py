@@ -9,7 +9,9 @@ here is one such rule, decided from the model's structure and names only:
   uninitialized (lazy) parameters and buffers (:func:`resizable_keys`);
 * module versions in ``_metadata``, which must follow the keys when they are renamed
   (:func:`rename_metadata`), and the keys old versions lack that the module fills in itself
-  (:func:`filled_by_module`).
+  (:func:`filled_by_module`);
+* checkpointables registered beyond the trainer, which a load restores as fvcore's does
+  (:func:`default_checkpointables`).
 """
 
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
@@ -30,6 +32,7 @@ __all__ = [
     "rename_metadata",
     "resolve_missing",
     "filled_by_module",
+    "default_checkpointables",
 ]
 
 # Modules whose _load_from_state_dict takes buffers of another shape and resizes its own
@@ -253,4 +256,25 @@ def filled_by_module(
             and leaf == "num_batches_tracked"
         ):
             out[key] = f"{name} of version {version} sets {leaf} to 0"
+    return out
+
+
+def default_checkpointables(
+    registered: Iterable[str], configured: Sequence[str], default: Sequence[str]
+) -> List[str]:
+    """The checkpointables a load restores when it is given no list.
+
+    fvcore restores every registered checkpointable. ``CHECKPOINT.LOAD.CHECKPOINTABLES``
+    names the trainer's parts; while it is left at its default, every other registered
+    checkpointable (an EMA state, say) is restored too. A list set in the config is taken as
+    the complete choice.
+
+    Args:
+        registered: names of the checkpointer's checkpointables.
+        configured: ``CHECKPOINT.LOAD.CHECKPOINTABLES``.
+        default: its default value.
+    """
+    out = list(configured)
+    if set(configured) == set(default):
+        out += [name for name in registered if name not in out and name != "trainer"]
     return out

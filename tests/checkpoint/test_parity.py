@@ -19,6 +19,7 @@ from torch.ao.quantization import PerChannelMinMaxObserver, default_per_channel_
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.parity import (
     count_params,
+    default_checkpointables,
     filled_by_module,
     loaded_through_ties,
     rename_metadata,
@@ -340,3 +341,41 @@ def test_checkpointables_edge_cases_match_stock(tiny_cfg, tmp_path):
         assert sorted(state_a) == sorted(state_b), names
         for i in state_a:
             assert torch.equal(state_a[i]["momentum_buffer"], state_b[i]["momentum_buffer"])
+
+
+class _Counter:
+    """A checkpointable of the user's own, as an EMA hook would register."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def state_dict(self):
+        return {"value": torch.tensor(self.value)}
+
+    def load_state_dict(self, state):
+        self.value = int(state["value"])
+
+
+def test_default_checkpointables():
+    parts = ["optimizer", "scheduler", "iteration", "hooks", "scaler"]
+    registered = ["trainer", "ema", "optimizer"]
+    assert default_checkpointables(registered, parts, parts) == parts + ["ema"]
+    assert default_checkpointables(registered, ["iteration"], parts) == ["iteration"]
+
+
+def test_registered_checkpointables_are_restored_like_stock(tiny_cfg, tmp_path):
+    src = build_tiny(tiny_cfg)
+    DetectionCheckpointer(src, str(tmp_path), ema=_Counter(7)).save("m")
+    path = str(tmp_path / "m.pth")
+    stock, ours = _Counter(0), _Counter(0)
+    DetectionCheckpointer(build_tiny(tiny_cfg), str(tmp_path), ema=stock).resume_or_load("")
+    ck = EfficientDetectionCheckpointer(build_tiny(tiny_cfg), str(tmp_path), ema=ours)
+    rest = ck.resume_or_load("")
+    assert stock.value == ours.value == 7 and "ema" not in rest
+    assert ck.last_report.checkpointables["ema"] == "restored"
+    # Loading weights only, and a list of the user's own, leave it alone.
+    ours = _Counter(0)
+    ck = EfficientDetectionCheckpointer(build_tiny(tiny_cfg), str(tmp_path), ema=ours)
+    ck.resume_or_load(path, resume=False)
+    ck.load(path, checkpointables=["iteration"])
+    assert ours.value == 0
