@@ -23,7 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointConfigError, CheckpointFormatError, PartialLoadError
 from .explain import explain
-from .parity import count_params, rename_metadata, resizable_keys, resolve_missing, tied_keys
+from .parity import (
+    count_params,
+    default_checkpointables,
+    rename_metadata,
+    resizable_keys,
+    resolve_missing,
+    tied_keys,
+)
 from .policy import check_policy, enforce_policy
 from .prefetch import FileReader, MappedFile
 from .readers import open_checkpoint
@@ -249,7 +256,11 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             on_mismatch=on_mismatch,
             allow_mismatch=allow_mismatch,
         )
-        wanted = list(self._options.checkpointables if checkpointables is None else checkpointables)
+        if checkpointables is None:  # the configured parts, plus other registered entries
+            checkpointables = default_checkpointables(
+                self.checkpointables, self._options.checkpointables, LoadOptions().checkpointables
+            )
+        wanted = list(checkpointables)
         self._wanted = wanted
         try:
             return self._load(path, wanted)
