@@ -47,8 +47,12 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]] \
   exit 0
 fi
 
-echo "[setup] creating virtualenv at $VENV"
-[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+if [[ -x "$VENV/bin/python" ]]; then
+  echo "[setup] updating the virtualenv at $VENV"
+else
+  echo "[setup] creating a virtualenv at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # setuptools stays below 81 (pinned in the constraints): detectron2.model_zoo needs pkg_resources.
 "${PIP[@]}" install -q -c "$CONSTRAINTS" --upgrade pip setuptools wheel
@@ -75,5 +79,12 @@ fi
 
 echo "[setup] installing d2_efficient_ckpt (editable) with its test tools"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[test]"
+# A package missing from the constraints came at whatever version was newest today.
+unpinned="$("${PIP[@]}" freeze --all --exclude-editable --exclude sal-detectron2 \
+  | grep -vxF -f <(grep -v '^#' "$CONSTRAINTS") || true)"
+if [[ -n "$unpinned" ]]; then
+  echo "[setup] WARNING: not pinned in constraints.txt:" $unpinned
+  echo "[setup] pin them with: bash scripts/update_constraints.sh"
+fi
 stamp_value > "$STAMP"
 report
