@@ -10,6 +10,8 @@ Modules, each with one job (imports point down to ``..errors`` only):
     retention     which old periodic checkpoints to delete (pure)
     fallback      which checkpoint a resume uses when the newest is broken (pure + scan)
     signals       preemption signals turned into a flag the training loop polls
+    tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle)
+    safetensors_format  that, written as one .safetensors file
     saver         CheckpointSaver: the sequence above for one save
 """
 

@@ -15,6 +15,7 @@ from .async_writer import AsyncWriter
 from .atomic import atomic_write_bytes, remove_stale_temp_files
 from .errors import SaveConfigError
 from .retention import plan_deletions
+from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
 from .write import SaveResult, remove_checkpoint, write_checkpoint
 
@@ -23,6 +24,9 @@ __all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of"]
 logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"
+# Formats the saver can write, and those a resume can read back (only these are offered).
+_WRITABLE_FORMATS = ("pth", "safetensors")
+_RESUMABLE_FORMATS = ("pth",)
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,14 @@ class SaveOptions:
         if node is None:
             return cls()
         fmt = str(node.get("FORMAT", "pth")).lower()
-        if fmt not in ("pth", "safetensors"):
+        if fmt not in _WRITABLE_FORMATS:
             raise SaveConfigError(
                 f"CHECKPOINT.SAVE.FORMAT is '{fmt}'; use 'pth' (default) or 'safetensors'."
+            )
+        if fmt not in _RESUMABLE_FORMATS:
+            raise SaveConfigError(
+                f"CHECKPOINT.SAVE.FORMAT '{fmt}' is not available yet: the loader cannot resume "
+                "from such files in this release. Use 'pth'."
             )
         return cls(
             verify=bool(node.get("VERIFY", True)),
@@ -100,6 +109,8 @@ class CheckpointSaver:
     ):
         self.directory = directory
         self.options = options
+        if serializer is None and options.format == "safetensors":
+            serializer = write_training_safetensors
         self.serializer = serializer
         self.opener = opener
         self._writer = AsyncWriter()

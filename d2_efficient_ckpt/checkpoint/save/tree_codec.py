@@ -1,0 +1,106 @@
+"""A training checkpoint as named tensors plus a JSON skeleton: no pickle anywhere.
+
+:func:`encode` splits a checkpoint (``{"model": state_dict, "trainer": {...}, ...}``) into
+tensors, each under a name, and a JSON-serialisable skeleton that records every container,
+scalar and where each tensor goes. :func:`decode` puts it back from any ``name -> tensor``
+lookup, so a reader may hand in lazy values (e.g. views of a memory-mapped file).
+
+Tensor names are readable paths: ``model/backbone.fpn_output2.weight``,
+``trainer/optimizer/state/3/momentum_buffer``. A state dict's ``_metadata`` (module versions,
+which ``load_state_dict`` uses) is kept. Objects other than tensors, numpy arrays, dicts,
+lists, tuples, str, int, float, bool and None cannot be stored: the error names their path.
+"""
+
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+from .errors import SaveConfigError
+
+__all__ = ["TRAINING_FORMAT", "encode", "decode"]
+
+# Stored as the file's "format" metadata; a reader that sees it calls decode().
+TRAINING_FORMAT = "d2_efficient_ckpt.training/1"
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def encode(data: Any) -> Tuple[Dict[str, torch.Tensor], Any]:
+    """Split ``data`` into ``(tensors by name, skeleton)``.
+
+    Raises:
+        SaveConfigError: a value that is not a tensor, array, container or scalar, or a
+            dict key that is not a str, int, float, bool or None; the message names its path.
+    """
+    tensors: Dict[str, torch.Tensor] = {}
+
+    def name_for(path: List[str]) -> str:
+        base = "/".join(path) or "tensor"
+        name, n = base, 1
+        while name in tensors:  # keys such as 1 and "1" meet in one path
+            n += 1
+            name = f"{base}#{n}"
+        return name
+
+    def walk(obj: Any, path: List[str]) -> Any:
+        if isinstance(obj, torch.Tensor):
+            name = name_for(path)
+            tensors[name] = obj.detach()
+            return {"t": "tensor", "k": name}
+        if isinstance(obj, np.ndarray):
+            name = name_for(path)
+            tensors[name] = torch.from_numpy(np.ascontiguousarray(obj))
+            return {"t": "ndarray", "k": name}
+        if isinstance(obj, dict):
+            items = []
+            for key, value in obj.items():
+                if not isinstance(key, _SCALARS):
+                    raise _unstorable(path, f"a dict key of type {type(key).__name__}")
+                items.append([key, walk(value, path + [str(key)])])
+            out = {"t": "odict" if isinstance(obj, OrderedDict) else "dict", "items": items}
+            meta = getattr(obj, "_metadata", None)
+            if meta is not None:
+                out["meta"] = walk(meta, path + ["_metadata"])
+            return out
+        if isinstance(obj, (list, tuple)):
+            kind = "list" if isinstance(obj, list) else "tuple"
+            return {"t": kind, "v": [walk(v, path + [str(i)]) for i, v in enumerate(obj)]}
+        if isinstance(obj, _SCALARS):
+            return obj
+        if isinstance(obj, (np.integer, np.floating, np.bool_)):
+            return obj.item()
+        raise _unstorable(path, f"a {type(obj).__module__}.{type(obj).__qualname__}")
+
+    return tensors, walk(data, [])
+
+
+def _unstorable(path: List[str], what: str) -> SaveConfigError:
+    where = "/".join(path) or "(the checkpoint itself)"
+    return SaveConfigError(
+        f"CHECKPOINT.SAVE.FORMAT safetensors cannot store {what} at '{where}' without pickle. "
+        "Make that state_dict() return tensors, numbers, strings and containers, or use "
+        "CHECKPOINT.SAVE.FORMAT pth."
+    )
+
+
+def decode(skeleton: Any, tensor: Callable[[str], Any]) -> Any:
+    """Rebuild the checkpoint from its skeleton; ``tensor(name)`` supplies each tensor."""
+    if isinstance(skeleton, dict):
+        kind = skeleton.get("t")
+        if kind in ("tensor", "ndarray"):
+            value = tensor(skeleton["k"])
+            return value.numpy() if kind == "ndarray" and hasattr(value, "numpy") else value
+        if kind in ("dict", "odict"):
+            out = OrderedDict() if kind == "odict" else {}
+            for key, value in skeleton["items"]:
+                out[key] = decode(value, tensor)
+            if "meta" in skeleton:
+                out._metadata = decode(skeleton["meta"], tensor)
+            return out
+        if kind in ("list", "tuple"):
+            items = [decode(v, tensor) for v in skeleton["v"]]
+            return items if kind == "list" else tuple(items)
+        raise ValueError(f"unknown node {kind!r} in a training checkpoint's skeleton")
+    return skeleton
