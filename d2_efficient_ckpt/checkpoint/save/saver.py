@@ -17,7 +17,7 @@ from .errors import SaveConfigError
 from .retention import plan_deletions
 from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
-from .write import SaveResult, remove_checkpoint, write_checkpoint
+from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkpoint
 
 __all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of"]
 
@@ -142,9 +142,12 @@ class CheckpointSaver:
         start = time.perf_counter()
         self._writer.wait()  # back-pressure, and the previous save's error
         self.last_wait_s = time.perf_counter() - start
-        os.makedirs(self.directory, exist_ok=True)
-        self.clean_stale()
         path = os.path.join(self.directory, basename)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise explain_os_error(path, e) from e
+        self.clean_stale()
         logger.info(f"Saving checkpoint to {path}")
         if not self.options.asynchronous:
             self._commit(path, data, iteration)
@@ -179,8 +182,16 @@ class CheckpointSaver:
         self._retain(os.path.basename(path))
 
     def tag(self, basename: str) -> None:
-        """Point ``last_checkpoint`` at ``basename``, atomically."""
-        atomic_write_bytes(os.path.join(self.directory, TAG_FILE), basename.encode("utf-8"))
+        """Point ``last_checkpoint`` at ``basename``, atomically.
+
+        Raises:
+            CheckpointSaveError: ``last_checkpoint`` cannot be written (it is unchanged).
+        """
+        tag = os.path.join(self.directory, TAG_FILE)
+        try:
+            atomic_write_bytes(tag, basename.encode("utf-8"))
+        except OSError as e:
+            raise explain_os_error(tag, e) from e
 
     def _retain(self, newest: str) -> None:
         if self.options.max_to_keep <= 0:

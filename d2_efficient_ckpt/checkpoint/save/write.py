@@ -30,7 +30,13 @@ from .integrity import (
     write_record,
 )
 
-__all__ = ["CheckpointSaveError", "SaveResult", "write_checkpoint", "remove_checkpoint"]
+__all__ = [
+    "CheckpointSaveError",
+    "SaveResult",
+    "explain_os_error",
+    "write_checkpoint",
+    "remove_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,8 @@ class SaveResult:
     verify_s: float = 0.0
 
 
-def _explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
+def explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
+    """The :class:`CheckpointSaveError` for an ``OSError`` met while writing ``path``."""
     where = os.path.dirname(path) or "."
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return CheckpointSaveError(
@@ -67,6 +74,12 @@ def _explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
             path,
             f"{where} is not writable ({e.strerror}).",
             "Set OUTPUT_DIR to a writable directory.",
+        )
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return CheckpointSaveError(
+            path,
+            f"{e.filename or where} is in the way: {e.strerror}.",
+            "Set OUTPUT_DIR to a directory (or a path that can become one).",
         )
     return CheckpointSaveError(path, f"{e.strerror or e}.")
 
@@ -105,7 +118,7 @@ def write_checkpoint(
     except Exception as e:
         cause = hashing.error if hashing is not None and hashing.error is not None else e
         if isinstance(cause, OSError):
-            raise _explain_os_error(path, cause) from e
+            raise explain_os_error(path, cause) from e
         raise
     record = IntegrityRecord(
         os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration
@@ -113,7 +126,7 @@ def write_checkpoint(
     try:
         write_record(path, record)
     except OSError as e:
-        raise _explain_os_error(path, e) from e
+        raise explain_os_error(path, e) from e
     result = SaveResult(path, record, time.perf_counter() - start)
     if verify:
         start = time.perf_counter()

@@ -119,3 +119,12 @@ def _previous_intact(directory, good):
     assert (directory / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (directory / "model_0000002.pth").exists()
     assert not [n for n in os.listdir(directory) if is_temp_file(n)]
+
+
+def test_output_dir_that_cannot_exist_is_one_clear_error(make_ckpt, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the output directory should be")
+    ck = make_ckpt(blocker / "out", with_optimizer=False)
+    with pytest.raises(CheckpointSaveError, match="OUTPUT_DIR") as e:
+        ck.save("model_0000001")
+    assert str(blocker) in str(e.value)
