@@ -191,6 +191,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
 
     def _resume(self, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         # The newest valid checkpoint; one that fails to load is skipped like a broken one.
+        if not self.save_dir:
+            return None
         broken: Dict[str, str] = {}
         while True:
             choice = plan_resume(self.save_dir, self._suffixes, broken)
