@@ -252,6 +252,23 @@ def test_old_module_versions_match_stock(tmp_path, prefix, versions):
     assert_same_weights(ours, stock)
 
 
+def test_matching_heuristics_drop_module_versions_like_stock(tmp_path):
+    """Name matching builds a new state dict without ``_metadata``: every module then loads
+    as of no recorded version, in both loaders."""
+    path = str(tmp_path / "new.pth")
+    torch.save({"model": _old_state(2, 3)}, path)
+    stock, ours = _Net(), _Net()
+    missing, unexpected, _, _ = stock_load(stock, path + "?matching_heuristics=True")
+    report, _ = ours_load(ours, path + "?matching_heuristics=True")
+    assert sorted(report.missing) == missing == []
+    assert sorted(report.filled) == [
+        "bn.num_batches_tracked",
+        "frozen.running_mean",
+        "frozen.running_var",
+    ]
+    assert_same_weights(ours, stock)
+
+
 def test_module_versions_follow_rename_rules(tmp_path):
     path = str(tmp_path / "old.pth")
     torch.save({"model": _old_state(1, 1, prefix="net.")}, path)
