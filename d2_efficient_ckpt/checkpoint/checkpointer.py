@@ -331,7 +331,6 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         opts = self._options
         report = self.last_report or LoadReport()
         state = checkpoint.pop("model")
-        metadata = getattr(state, "_metadata", None)
         model_sd = self.model.state_dict()
         self._model_shapes = {
             k: tuple(v.shape) for k, v in model_sd.items() if not torch.nn.parameter.is_lazy(v)
@@ -393,7 +392,8 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             self._mapping.prefetch(to_copy.values())
             # The entries a resume restores next are read from disk while the model copies.
             self._mapping.prefetch(self._wanted_entry_tensors(checkpoint))
-        metadata = rename_metadata(metadata, names)  # module versions follow renamed keys
+        # Module versions follow renamed keys; name matching built a state without them.
+        metadata = rename_metadata(getattr(state, "_metadata", None), names)
         with FileReader(self._mapping) as reader:
             report.loaded = copy_into_model(self.model, to_copy, metadata, reader)
         tied = tied_keys(self.model, model_sd)
