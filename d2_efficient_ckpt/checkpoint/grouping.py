@@ -5,13 +5,14 @@ shown as one group, e.g. ``backbone.bottom_up.res4.{6..22}.*`` for the 170 keys 
 that an R-101 has and an R-50 lacks, so that a removed stage of 100 keys is one line.
 
 Some statuses qualify another: "loaded, dtype cast" is "loaded" with a cast. Passed as
-``kin``, such a status shares groups with plain loaded keys, so that the integer BatchNorm
-counters an fp16 file leaves uncast do not split its casts into a row per layer.
+``kin``, such a status takes in the plain loaded keys of a module where it has at least as
+many keys, so that the integer BatchNorm counters an fp16 file leaves uncast do not split its
+casts into a row per layer, while one cast key among many loaded ones keeps its own row.
 """
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 __all__ = ["KeyGroup", "group_keys", "coarsen_patterns"]
 
@@ -36,12 +37,13 @@ class KeyGroup:
 
 
 class _Node:
-    __slots__ = ("children", "status", "statuses", "keys")
+    __slots__ = ("children", "status", "statuses", "keys", "counts")
 
     def __init__(self):
         self.children: Dict[str, "_Node"] = {}
         self.status: Optional[str] = None  # set when a key ends at this node
         self.statuses = set()
+        self.counts: Dict[str, int] = {}
         self.keys: List[str] = []
 
 
@@ -51,10 +53,12 @@ def _build(statuses: Mapping[str, str]) -> _Node:
         node = root
         node.statuses.add(status)
         node.keys.append(key)
+        node.counts[status] = node.counts.get(status, 0) + 1
         for part in key.split("."):
             node = node.children.setdefault(part, _Node())
             node.statuses.add(status)
             node.keys.append(key)
+            node.counts[status] = node.counts.get(status, 0) + 1
         node.status = status
     return root
 
@@ -76,9 +80,10 @@ def group_keys(
             collapsed when no key of another status lies under it).
         braces: merge siblings into ``{...}`` groups; without it each such sibling is its own
             group, so that every pattern is a valid ``fnmatch`` glob.
-        kin: status -> the base status it qualifies, e.g. ``{"cast": "loaded"}``: keys of the
-            base status may join its groups, which then take the qualifying status. Two
-            different qualifying statuses never share a group.
+        kin: status -> the base status it qualifies, e.g. ``{"cast": "loaded"}``: under a
+            prefix where it has at least as many keys as the base status, the base keys join
+            its group, which takes the qualifying status. Two different qualifying statuses
+            never share a group.
 
     Returns:
         The groups, in the order of the keys.
@@ -87,7 +92,7 @@ def group_keys(
         return []
     root = _build(statuses)
     kin = dict(kin or {})
-    top = _effective(root.statuses, kin)
+    top = _effective(root, kin)
     if len(top) == 1:
         return [KeyGroup(next(iter(top)), "*", list(root.keys))]
     out: List[KeyGroup] = []
@@ -95,11 +100,13 @@ def group_keys(
     return out
 
 
-def _effective(statuses: Set[str], kin: Mapping[str, str]) -> FrozenSet[str]:
+def _effective(node: _Node, kin: Mapping[str, str]) -> FrozenSet[str]:
     """The statuses that decide whether a subtree is one group: a qualifying status absorbs
-    its base status (``{"cast", "loaded"}`` counts as ``{"cast"}``)."""
-    absorbed = {kin[s] for s in statuses if s in kin}
-    return frozenset(s for s in statuses if s not in absorbed)
+    its base status where it has at least as many keys (130 casts and 20 loaded keys count as
+    ``{"cast"}``)."""
+    counts = node.counts
+    absorbed = {kin[s] for s in counts if s in kin and counts[s] >= counts.get(kin[s], 0)}
+    return frozenset(s for s in node.statuses if s not in absorbed)
 
 
 def _walk(
@@ -109,7 +116,7 @@ def _walk(
         key = ".".join(path)
         out.append(KeyGroup(node.status, key, [key]))
     names = list(node.children)
-    effective = {n: _effective(node.children[n].statuses, kin) for n in names}
+    effective = {n: _effective(node.children[n], kin) for n in names}
     done = set()
     for name in names:
         child = node.children[name]

@@ -247,15 +247,16 @@ def filled_by_module(
         old = version is None or version < 2
         if not old or module is None or owner not in present:
             continue
-        name = type(module).__name__
+        seen = "no version" if version is None else f"version {version}"
+        why = f"{type(module).__name__} ({seen} in the checkpoint)"
         if isinstance(module, FrozenBatchNorm2d) and leaf in ("running_mean", "running_var"):
-            out[key] = f"{name} of version {version} sets {leaf}"
+            out[key] = why
         elif (
             isinstance(module, _NormBase)
             and module.track_running_stats
             and leaf == "num_batches_tracked"
         ):
-            out[key] = f"{name} of version {version} sets {leaf} to 0"
+            out[key] = why
     return out
 
 

@@ -20,13 +20,12 @@ STATUS_LABELS = {
     "unexpected": "unexpected",
     "cast": "loaded, dtype cast",
     "tied": "loaded via a tied key",
-    "filled": "set by the module",
     "excluded": "skipped: EXCLUDE",
     "not_included": "skipped: not in INCLUDE",
     "loaded": "loaded",
 }
 # Statuses that qualify "loaded": their groups may take in plain loaded keys.
-_LOADED_KIN = {"cast": "loaded", "tied": "loaded", "filled": "loaded"}
+_LOADED_KIN = {"cast": "loaded", "tied": "loaded"}
 # The statuses that count as incompatibilities for CHECKPOINT.LOAD.ON_MISMATCH.
 MISMATCH_KINDS = ("missing", "unexpected", "shape_mismatch")
 
@@ -105,7 +104,10 @@ class LoadReport:
 
     def groups(self, *, braces: bool = True) -> List[KeyGroup]:
         """Keys grouped by module prefix and status (see ``grouping.group_keys``)."""
-        return group_keys(self.key_status(), braces=braces, kin=_LOADED_KIN)
+        # Keys a module set itself are shown with the loaded keys around them (their number is
+        # in the detail column): Caffe2 files would otherwise split every BatchNorm in two.
+        status = {k: "loaded" if s == "filled" else s for k, s in self.key_status().items()}
+        return group_keys(status, braces=braces, kin=_LOADED_KIN)
 
     # ----------------------------------------------------------------- output
     def to_dict(self) -> Dict[str, Any]:
@@ -227,9 +229,10 @@ def _detail(status: str, group: KeyGroup, shapes, dtypes, tied, filled) -> str:
     if status == "tied":
         sources = [tied[k] for k in group.keys if k in tied]
         return "same tensors as " + _pattern_of(sources) + _of(len(sources), group.count)
-    if status == "filled":
-        whys = [filled[k] for k in group.keys if k in filled]
-        return "; ".join(sorted(set(whys))[:2]) + _of(len(whys), group.count)
+    whys = Counter(filled[k] for k in group.keys if k in filled)
+    if status == "loaded" and whys:
+        why = "; ".join(w for w, _ in whys.most_common(2))
+        return f"incl. {sum(whys.values())} set by the module: {why}"
     return ""
 
 

@@ -114,7 +114,9 @@ def test_reused_module_in_a_detectron2_model(tiny_cfg, tmp_path):
     assert report.num_params_model == once  # the reused head counted once
     assert report.num_params_loaded == report.num_params_model
     assert "100.0%" in report.format_table()
-    assert "loaded via a tied key" in report.format_table()
+    tied_rows = [g for g in report.groups() if g.status == "tied"]
+    assert [(g.pattern, g.count) for g in tied_rows] == [("box_head_alias.*", len(alias))]
+    assert "same tensors as roi_heads.box_head.*" in report.format_table()
     assert_same_weights(ours, stock)
 
 
@@ -312,6 +314,10 @@ def test_caffe2_backbone_without_running_stats_matches_stock(tiny_cfg, tmp_path)
     assert sorted(report.unexpected) == unexpected
     assert report.shape_mismatch == shapes
     assert report.filled and all(k.startswith(prefix) for k in report.filled)
+    # The statistics the FrozenBatchNorm layers set do not split the backbone's row.
+    loaded_rows = [(g.status, g.pattern) for g in report.groups() if g.pattern.startswith(prefix)]
+    assert loaded_rows == [("loaded", prefix + "*")]
+    assert "incl. 40 set by the module: FrozenBatchNorm2d" in report.format_table()
     assert_same_weights(ours, stock)
 
 

@@ -133,6 +133,11 @@ def test_kin_statuses_share_groups_with_loaded_keys():
     status["b.weight"] = "tied"
     groups = group_keys(status, kin={"cast": "loaded", "tied": "loaded"})
     assert sorted((g.status, g.pattern) for g in groups) == [("cast", "a.*"), ("tied", "b.*")]
+    # One cast among many loaded keys keeps a row of its own.
+    status = {f"m.{i}.weight": "loaded" for i in range(5)}
+    status["m.2.weight"] = "cast"
+    groups = group_keys(status, kin={"cast": "loaded"})
+    assert ("cast", "m.2.*", 1) in [(g.status, g.pattern, g.count) for g in groups]
     # A group of kin keys and loaded keys still matches exactly its keys.
     status = {"a.x.w": "cast", "a.x.n": "loaded", "a.y.w": "missing"}
     for g in group_keys(status, braces=False, kin={"cast": "loaded"}):
