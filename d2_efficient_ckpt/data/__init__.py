@@ -19,7 +19,6 @@ from .formats import (
     get_dataset_format,
 )
 from .registrar import (
-    check_num_classes,
     prepare_datasets,
     register_and_report,
     register_datasets_from_cfg,
@@ -27,7 +26,7 @@ from .registrar import (
 )
 from .report import Problem, ValidationReport
 from .toy import TOY_CATEGORIES, ToyDataset, ToySplit, generate_toy_dataset, render_toy_image
-from .validation import check_dataset_names
+from .validation import check_dataset_names, check_num_classes
 
 __all__ = [
     "COCO",

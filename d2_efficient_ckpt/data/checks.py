@@ -12,15 +12,14 @@ raise :class:`DatasetValidationError` at once, whatever the validation mode.
 """
 
 import math
-import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from .errors import DatasetValidationError, format_offenders
-from .images import read_image_infos
+from .checks_images import check_categories, check_image_ids, check_images
 from .report import ERROR, INFO, WARNING, ValidationReport
+from .values import ID_TYPES, NUMBER_TYPES, is_box, is_int, is_valid_segmentation
 
-__all__ = ["CheckOptions", "CheckResult", "check_records", "is_valid_segmentation"]
+__all__ = ["CheckOptions", "CheckResult", "check_records"]
 
 
 @dataclass(frozen=True)
@@ -50,133 +49,6 @@ class CheckResult:
     summary: Dict[str, Any]
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but True in a bbox or as a category id is always a bug.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_NUMBER_TYPES = (int, float)  # exact types: bool (an int subclass) is excluded
-_ID_TYPES = (int, str)
-
-
-def _is_box(bbox: Any) -> bool:
-    """A list of four finite numbers (the hot path: one call per annotation)."""
-    if type(bbox) is not list or len(bbox) != 4:
-        return False
-    x, y, w, h = bbox
-    if not (
-        type(x) in _NUMBER_TYPES
-        and type(y) in _NUMBER_TYPES
-        and type(w) in _NUMBER_TYPES
-        and type(h) in _NUMBER_TYPES
-    ):
-        return False
-    # One non-finite value makes the sum non-finite; so does a sum that overflows, which
-    # only absurd boxes reach.
-    return math.isfinite(x + y + w + h)
-
-
-def _is_polygon(poly: Any) -> bool:
-    if type(poly) is not list or len(poly) < 6 or len(poly) % 2:
-        return False
-    try:
-        return math.isfinite(sum(poly))  # TypeError for anything but numbers
-    except TypeError:
-        return False
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_valid_segmentation(segm: Any) -> bool:
-    """True for polygons (a list of flat ``[x, y, ...]`` lists of >= 3 points) or an RLE dict.
-
-    Anything else makes detectron2 raise (a flat list) or drop the whole annotation.
-    """
-    if isinstance(segm, list):
-        return bool(segm) and all(_is_polygon(poly) for poly in segm)
-    if isinstance(segm, dict):
-        size = segm.get("size")
-        return (
-            isinstance(segm.get("counts"), (str, list))
-            and isinstance(size, list)
-            and len(size) == 2
-            and all(_is_int(v) and v > 0 for v in size)
-        )
-    return False
-
-
-def _fatal(name: str, source: str, title: str, records: List[str], fix: str) -> None:
-    raise DatasetValidationError(
-        f"Dataset '{name}' (DATASETS.CUSTOM.{name}): {len(records)} {title} in '{source}':\n"
-        f"{format_offenders(records)}\n  Fix: {fix}"
-    )
-
-
-def _check_categories(name: str, source: str, data: Dict[str, Any]) -> Dict[int, str]:
-    categories: Dict[int, str] = {}
-    bad, dup_ids = [], []
-    for i, cat in enumerate(data["categories"]):
-        cat_id = cat.get("id") if isinstance(cat, dict) else None
-        cat_name = cat.get("name") if isinstance(cat, dict) else None
-        if not _is_int(cat_id) or not isinstance(cat_name, str) or not cat_name.strip():
-            bad.append(f"categories[{i}]: {cat!r}"[:200])
-        elif cat_id in categories:
-            dup_ids.append(f"category id {cat_id} (categories[{i}])")
-        else:
-            categories[cat_id] = cat_name
-    if bad:
-        _fatal(
-            name,
-            source,
-            "categories without an integer id and a name",
-            bad,
-            'write every category as {"id": <integer>, "name": "<class name>"}.',
-        )
-    if dup_ids:
-        _fatal(
-            name,
-            source,
-            "duplicate category ids",
-            dup_ids,
-            'give every category a unique integer "id".',
-        )
-    seen: Dict[str, int] = {}
-    dup_names = []
-    for cat_id, cat_name in sorted(categories.items()):
-        if cat_name in seen:
-            dup_names.append(f"name '{cat_name}': category ids {seen[cat_name]} and {cat_id}")
-        seen.setdefault(cat_name, cat_id)
-    if dup_names:
-        _fatal(
-            name,
-            source,
-            "duplicate category names (they would become two classes with one name)",
-            dup_names,
-            "merge the categories (point their annotations at one id) or rename one of them.",
-        )
-    return categories
-
-
-def _check_image_ids(name: str, source: str, images: List[Any]) -> None:
-    kinds = {type(img.get("id")).__name__ for img in images if isinstance(img, dict)}
-    kinds.discard("NoneType")
-    if len(kinds & {"int", "str"}) > 1:
-        examples = [
-            f"images[{i}]: id {img.get('id')!r}"
-            for i, img in enumerate(images[:1000])
-            if isinstance(img, dict) and isinstance(img.get("id"), str)
-        ]
-        _fatal(
-            name,
-            source,
-            "image ids of mixed types (integers and strings)",
-            examples or ["..."],
-            'make every image "id" (and every annotation "image_id") an integer.',
-        )
-
-
 def check_records(
     name: str,
     data: Dict[str, Any],
@@ -204,128 +76,16 @@ def check_records(
         DatasetValidationError: a problem that no fix can resolve.
     """
     changed = bool(data.pop("changed", False))
-    categories = _check_categories(name, source, data)
-    _check_image_ids(name, source, data["images"])
+    categories = check_categories(name, source, data)
+    check_image_ids(name, source, data["images"])
 
     def add(severity, title, fix, record, action):
         report.add(name, severity, title, fix, record, action=action, source=source)
 
-    # -- images: ids, file names, sizes -----------------------------------------------------
-    images: Dict[Any, Dict[str, Any]] = {}
-    all_ids = {
-        img.get("id")
-        for img in data["images"]
-        if isinstance(img, dict) and (_is_int(img.get("id")) or isinstance(img.get("id"), str))
-    }
-    for i, img in enumerate(data["images"]):
-        img_id = img.get("id") if isinstance(img, dict) else None
-        if not (_is_int(img_id) or isinstance(img_id, str)):
-            add(
-                ERROR,
-                'images without an integer "id"',
-                'give every image a unique "id".',
-                f"images[{i}]: {img!r}"[:200],
-                "dropped",
-            )
-            continue
-        if img_id in images:
-            add(
-                ERROR,
-                "duplicate image ids",
-                'give every image a unique "id".',
-                f"image id {img_id!r} (images[{i}])",
-                "later ones dropped",
-            )
-            continue
-        file_name = img.get("file_name")
-        if not isinstance(file_name, str) or not file_name.strip():
-            add(
-                ERROR,
-                'images without a "file_name"',
-                'set "file_name" to the image path relative to IMAGE_ROOT.',
-                f"image id {img_id!r}",
-                "dropped",
-            )
-            continue
-        for key in ("width", "height"):
-            value = img.get(key)
-            if value is not None and (not _is_number(value) or value <= 0):
-                add(
-                    ERROR,
-                    'images with a bad "width"/"height"',
-                    "store each image's pixel size as positive numbers (or remove them: they "
-                    "are then read from the file).",
-                    f"image id {img_id!r}: {key}={value!r}",
-                    "size read from the file",
-                )
-                img[key] = None
-        images[img_id] = img
-
-    kept = list(images.values())
-    need = [img for img in kept if options.check_sizes or not img.get("width")]
-    infos = read_image_infos(
-        [os.path.join(image_root, img["file_name"]) for img in need],
-        workers=options.workers,
-        desc=f"checking images of {name}",
+    images, all_ids, images_changed = check_images(
+        name, data, image_root, options.check_sizes, options.workers, add
     )
-    missing_fix = (
-        f"restore the files under IMAGE_ROOT '{image_root}', or remove those images from the "
-        "annotations."
-    )
-    unchecked = [img for img in kept if not (options.check_sizes or not img.get("width"))]
-    for img in unchecked:
-        # Without header reads, still refuse anything that is not a regular file: a FIFO
-        # would block a data-loader worker forever.
-        path = os.path.join(image_root, img["file_name"])
-        if not os.path.isfile(path):
-            add(
-                ERROR,
-                "image files missing or not regular files",
-                missing_fix,
-                f"image id {img['id']!r}: '{img['file_name']}'",
-                "dropped",
-            )
-            images.pop(img["id"])
-    for img, info in zip(need, infos):
-        record = f"image id {img['id']!r}: '{img['file_name']}'"
-        if info.error == "file not found":
-            add(ERROR, "image files not found", missing_fix, record, "dropped")
-            images.pop(img["id"])
-        elif info.error:
-            add(
-                ERROR,
-                "unreadable image files",
-                "replace each file with a complete image (JPEG/PNG), or remove it from the "
-                "annotations.",
-                f"{record} {info.error}",
-                "dropped",
-            )
-            images.pop(img["id"])
-        elif img.get("width") is None or img.get("height") is None:
-            img["width"], img["height"] = info.width, info.height
-            changed = True
-        elif (round(img["width"]), round(img["height"])) != (info.width, info.height):
-            add(
-                ERROR,
-                "image sizes that disagree with the file",
-                "correct width/height in the annotations (the file's size is what detectron2 "
-                "reads, after applying the EXIF orientation).",
-                f"{record}: annotation {img['width']:g}x{img['height']:g}, file "
-                f"{info.width}x{info.height}",
-                "file's size used",
-            )
-            img["width"], img["height"] = info.width, info.height
-            changed = True
-    if kept and not images:
-        report.add(
-            name,
-            ERROR,
-            "datasets whose images are all missing or unreadable",
-            f"IMAGE_ROOT '{image_root}' is probably wrong: set it to the folder that "
-            '"file_name" is relative to.',
-            action="none",
-            source=source,
-        )
+    changed = changed or images_changed
 
     # -- annotations -------------------------------------------------------------------------
     outside_action = "clipped" if options.box_outside == "clip" else "dropped"
@@ -344,7 +104,7 @@ def check_records(
             )
             continue
         ann_id = ann.get("id")
-        if type(ann_id) not in _ID_TYPES:
+        if type(ann_id) not in ID_TYPES:
             add(
                 ERROR,
                 'annotations without an "id"',
@@ -365,9 +125,9 @@ def check_records(
         else:
             ann_ids.add(ann_id)
         image_id = ann.get("image_id")
-        img = images.get(image_id) if type(image_id) in _ID_TYPES else None
+        img = images.get(image_id) if type(image_id) in ID_TYPES else None
         if img is None:
-            if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in all_ids:
+            if not (is_int(image_id) or isinstance(image_id, str)) or image_id not in all_ids:
                 add(
                     ERROR,
                     'annotations whose image_id is not in "images"',
@@ -393,7 +153,7 @@ def check_records(
             cx, cy, bw, bh = ann.pop("yolo_box")
             ann["bbox"] = [(cx - bw / 2) * W, (cy - bh / 2) * H, bw * W, bh * H]
         bbox = ann.get("bbox")
-        if not _is_box(bbox):
+        if not is_box(bbox):
             add(
                 ERROR,
                 "annotations with a bad bbox",
@@ -432,7 +192,7 @@ def check_records(
                 changed = True
                 continue
         area = ann.get("area")
-        if type(area) not in _NUMBER_TYPES or not 0 <= area < math.inf:
+        if type(area) not in NUMBER_TYPES or not 0 <= area < math.inf:
             # COCOeval needs an area for its small/medium/large ranges.
             ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
             changed = True
@@ -541,8 +301,3 @@ def _short(values: List[Any], limit: int = 20) -> str:
     if len(values) <= limit:
         return str(values)
     return f"{values[:limit]} ... ({len(values)} in all)"
-
-
-def optional_int(value: Any) -> Optional[int]:
-    """``value`` as an int when it is one (not a bool), else None."""
-    return value if _is_int(value) else None

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
 
 from .cache import default_cache_dir
 from .checks import CheckOptions
@@ -25,11 +26,10 @@ from .formats import DatasetFormat, get_dataset_format
 from .records import to_dataset_dicts
 from .report import ERROR, WARNING, ValidationReport
 from .scan import ScannedDataset, category_table, load_dataset_dicts, scan_dataset
-from .validation import check_cross_dataset, check_dataset_names, short_names
+from .validation import check_cross_dataset, check_dataset_names, check_num_classes
 
 __all__ = [
     "REPORT_FILE",
-    "check_num_classes",
     "check_options",
     "prepare_datasets",
     "register_datasets_from_cfg",
@@ -205,8 +205,6 @@ def _emit(cfg: CfgNode, report: ValidationReport, mode: str) -> Optional[str]:
     out_dir = cfg.get("OUTPUT_DIR", "")
     if not out_dir:
         return None
-    from detectron2.utils import comm
-
     if not comm.is_main_process():
         return None
     path = os.path.join(out_dir, REPORT_FILE)
@@ -330,85 +328,6 @@ def register_datasets_from_cfg(cfg: CfgNode) -> List[str]:
         The names declared under ``DATASETS.CUSTOM``, newly registered or already present.
     """
     return register_and_report(cfg)[0]
-
-
-def _thing_classes(name: str) -> List[str]:
-    meta = MetadataCatalog.get(name)
-    classes = meta.get("thing_classes")
-    if classes is None:
-        # Formats fill thing_classes when their loader runs (load_coco_json does).
-        DatasetCatalog.get(name)
-        classes = meta.get("thing_classes")
-    if classes is None:
-        raise DatasetConfigError(
-            f"Dataset '{name}' has no thing_classes in its metadata even after loading it, so "
-            "MODEL.ROI_HEADS.NUM_CLASSES cannot be checked. Set them with "
-            f"MetadataCatalog.get('{name}').thing_classes = [...] when registering it."
-        )
-    return list(classes)
-
-
-def check_num_classes(cfg: CfgNode) -> None:
-    """Check, or set, ``MODEL.ROI_HEADS.NUM_CLASSES`` from the training datasets' classes.
-
-    Every dataset in ``DATASETS.TRAIN`` must have the same ``thing_classes``, and so must
-    every dataset of ``DATASETS.TEST`` whose classes are known; training datasets whose
-    metadata lacks them are loaded once through ``DatasetCatalog.get`` to fill them. With
-    ``DATASETS.NUM_CLASSES_FROM_DATA`` the count is written into the config (a frozen config
-    is unfrozen for that write and frozen again); otherwise a different value is an error.
-    Does nothing when ``DATASETS.TRAIN`` is empty.
-
-    Args:
-        cfg: the merged config, with the datasets of ``DATASETS.TRAIN`` registered.
-
-    Raises:
-        DatasetConfigError: the datasets disagree on their classes, or
-            ``NUM_CLASSES`` differs from their number and is not taken from the data.
-    """
-    names = list(dict.fromkeys(cfg.DATASETS.TRAIN))
-    if not names:
-        return
-    reference = _thing_classes(names[0])
-    tests = [
-        n
-        for n in dict.fromkeys(cfg.DATASETS.TEST)
-        if n not in names
-        and n in MetadataCatalog.list()
-        and MetadataCatalog.get(n).get("thing_classes", None) is not None
-    ]
-    for other in names[1:] + tests:
-        classes = _thing_classes(other)
-        if classes != reference:
-            key = "TRAIN" if other in names else "TEST"
-            raise DatasetConfigError(
-                f"'{other}' in DATASETS.{key} has other classes than '{names[0]}' in "
-                f"DATASETS.TRAIN: [{short_names(classes)}] vs [{short_names(reference)}]. One "
-                "model head needs one class list: make the categories (names and id order) "
-                "identical in all datasets of the run."
-            )
-    num = len(reference)
-    configured = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    sources = ", ".join(f"'{n}'" for n in names)
-    if cfg.DATASETS.get("NUM_CLASSES_FROM_DATA", False):
-        if configured != num:
-            was_frozen = cfg.is_frozen()
-            cfg.defrost()
-            try:
-                cfg.MODEL.ROI_HEADS.NUM_CLASSES = num
-            finally:
-                if was_frozen:
-                    cfg.freeze()
-            logger.info(
-                f"Set MODEL.ROI_HEADS.NUM_CLASSES to {num} (was {configured}) from the "
-                f"classes of {sources}: {short_names(reference)}."
-            )
-        return
-    if configured != num:
-        raise DatasetConfigError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {configured}, but the training dataset(s) {sources} "
-            f"have {num} classes ({short_names(reference)}). Set MODEL.ROI_HEADS.NUM_CLASSES "
-            f"{num} or DATASETS.NUM_CLASSES_FROM_DATA True."
-        )
 
 
 def prepare_datasets(cfg: CfgNode) -> None:

@@ -6,15 +6,18 @@ Per-record checks live in :mod:`.checks`; these need several datasets or the con
 """
 
 import difflib
+import logging
 from typing import Any, Dict, List, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .errors import DatasetConfigError
 from .report import ERROR, ValidationReport
 
-__all__ = ["check_cross_dataset", "check_dataset_names", "short_names"]
+__all__ = ["check_cross_dataset", "check_dataset_names", "check_num_classes", "short_names"]
+
+logger = logging.getLogger(__name__)
 
 # Where cross-dataset rows go in the report.
 CONFIG_ROW = "(config)"
@@ -144,3 +147,82 @@ def check_dataset_names(cfg: CfgNode) -> None:
 
 def _unique(names: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(names))
+
+
+def _thing_classes(name: str) -> List[str]:
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("thing_classes")
+    if classes is None:
+        # Formats fill thing_classes when their loader runs (load_coco_json does).
+        DatasetCatalog.get(name)
+        classes = meta.get("thing_classes")
+    if classes is None:
+        raise DatasetConfigError(
+            f"Dataset '{name}' has no thing_classes in its metadata even after loading it, so "
+            "MODEL.ROI_HEADS.NUM_CLASSES cannot be checked. Set them with "
+            f"MetadataCatalog.get('{name}').thing_classes = [...] when registering it."
+        )
+    return list(classes)
+
+
+def check_num_classes(cfg: CfgNode) -> None:
+    """Check, or set, ``MODEL.ROI_HEADS.NUM_CLASSES`` from the training datasets' classes.
+
+    Every dataset in ``DATASETS.TRAIN`` must have the same ``thing_classes``, and so must
+    every dataset of ``DATASETS.TEST`` whose classes are known; training datasets whose
+    metadata lacks them are loaded once through ``DatasetCatalog.get`` to fill them. With
+    ``DATASETS.NUM_CLASSES_FROM_DATA`` the count is written into the config (a frozen config
+    is unfrozen for that write and frozen again); otherwise a different value is an error.
+    Does nothing when ``DATASETS.TRAIN`` is empty.
+
+    Args:
+        cfg: the merged config, with the datasets of ``DATASETS.TRAIN`` registered.
+
+    Raises:
+        DatasetConfigError: the datasets disagree on their classes, or
+            ``NUM_CLASSES`` differs from their number and is not taken from the data.
+    """
+    names = list(dict.fromkeys(cfg.DATASETS.TRAIN))
+    if not names:
+        return
+    reference = _thing_classes(names[0])
+    tests = [
+        n
+        for n in dict.fromkeys(cfg.DATASETS.TEST)
+        if n not in names
+        and n in MetadataCatalog.list()
+        and MetadataCatalog.get(n).get("thing_classes", None) is not None
+    ]
+    for other in names[1:] + tests:
+        classes = _thing_classes(other)
+        if classes != reference:
+            key = "TRAIN" if other in names else "TEST"
+            raise DatasetConfigError(
+                f"'{other}' in DATASETS.{key} has other classes than '{names[0]}' in "
+                f"DATASETS.TRAIN: [{short_names(classes)}] vs [{short_names(reference)}]. One "
+                "model head needs one class list: make the categories (names and id order) "
+                "identical in all datasets of the run."
+            )
+    num = len(reference)
+    configured = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    sources = ", ".join(f"'{n}'" for n in names)
+    if cfg.DATASETS.get("NUM_CLASSES_FROM_DATA", False):
+        if configured != num:
+            was_frozen = cfg.is_frozen()
+            cfg.defrost()
+            try:
+                cfg.MODEL.ROI_HEADS.NUM_CLASSES = num
+            finally:
+                if was_frozen:
+                    cfg.freeze()
+            logger.info(
+                f"Set MODEL.ROI_HEADS.NUM_CLASSES to {num} (was {configured}) from the "
+                f"classes of {sources}: {short_names(reference)}."
+            )
+        return
+    if configured != num:
+        raise DatasetConfigError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {configured}, but the training dataset(s) {sources} "
+            f"have {num} classes ({short_names(reference)}). Set MODEL.ROI_HEADS.NUM_CLASSES "
+            f"{num} or DATASETS.NUM_CLASSES_FROM_DATA True."
+        )

@@ -1,0 +1,227 @@
+"""Checks of the categories and image records of a dataset, and of the image files.
+
+Part of :func:`~d2_efficient_ckpt.data.checks.check_records`: categories that no fix can
+repair raise at once; image records with problems are reported and dropped; image sizes
+come from the file headers (:mod:`.images`).
+"""
+
+import os
+from typing import Any, Callable, Dict, List, Set, Tuple
+
+from .errors import DatasetValidationError, format_offenders
+from .images import read_image_infos
+from .report import ERROR
+from .values import is_int, is_number
+
+__all__ = ["check_categories", "check_image_ids", "check_images", "fatal"]
+
+
+def fatal(name: str, source: str, title: str, records: List[str], fix: str) -> None:
+    raise DatasetValidationError(
+        f"Dataset '{name}' (DATASETS.CUSTOM.{name}): {len(records)} {title} in '{source}':\n"
+        f"{format_offenders(records)}\n  Fix: {fix}"
+    )
+
+
+def check_categories(name: str, source: str, data: Dict[str, Any]) -> Dict[int, str]:
+    categories: Dict[int, str] = {}
+    bad, dup_ids = [], []
+    for i, cat in enumerate(data["categories"]):
+        cat_id = cat.get("id") if isinstance(cat, dict) else None
+        cat_name = cat.get("name") if isinstance(cat, dict) else None
+        if not is_int(cat_id) or not isinstance(cat_name, str) or not cat_name.strip():
+            bad.append(f"categories[{i}]: {cat!r}"[:200])
+        elif cat_id in categories:
+            dup_ids.append(f"category id {cat_id} (categories[{i}])")
+        else:
+            categories[cat_id] = cat_name
+    if bad:
+        fatal(
+            name,
+            source,
+            "categories without an integer id and a name",
+            bad,
+            'write every category as {"id": <integer>, "name": "<class name>"}.',
+        )
+    if dup_ids:
+        fatal(
+            name,
+            source,
+            "duplicate category ids",
+            dup_ids,
+            'give every category a unique integer "id".',
+        )
+    seen: Dict[str, int] = {}
+    dup_names = []
+    for cat_id, cat_name in sorted(categories.items()):
+        if cat_name in seen:
+            dup_names.append(f"name '{cat_name}': category ids {seen[cat_name]} and {cat_id}")
+        seen.setdefault(cat_name, cat_id)
+    if dup_names:
+        fatal(
+            name,
+            source,
+            "duplicate category names (they would become two classes with one name)",
+            dup_names,
+            "merge the categories (point their annotations at one id) or rename one of them.",
+        )
+    return categories
+
+
+def check_image_ids(name: str, source: str, images: List[Any]) -> None:
+    kinds = {type(img.get("id")).__name__ for img in images if isinstance(img, dict)}
+    kinds.discard("NoneType")
+    if len(kinds & {"int", "str"}) > 1:
+        examples = [
+            f"images[{i}]: id {img.get('id')!r}"
+            for i, img in enumerate(images[:1000])
+            if isinstance(img, dict) and isinstance(img.get("id"), str)
+        ]
+        fatal(
+            name,
+            source,
+            "image ids of mixed types (integers and strings)",
+            examples or ["..."],
+            'make every image "id" (and every annotation "image_id") an integer.',
+        )
+
+
+def check_images(
+    name: str,
+    data: Dict[str, Any],
+    image_root: str,
+    check_sizes: bool,
+    workers: int,
+    add: Callable[..., None],
+) -> Tuple[Dict[Any, Dict[str, Any]], Set[Any], bool]:
+    """Check image records and files; drop the unusable ones.
+
+    Args:
+        name: the dataset name.
+        data: the COCO-shaped dict (its image records are modified in place).
+        image_root: folder that relative ``file_name`` values are relative to.
+        check_sizes: read every header (False: only images without a size; the others are
+            only checked to be regular files).
+        workers: header-reading processes (0: automatic).
+        add: ``add(severity, title, fix, record, action)`` adds a report row.
+
+    Returns:
+        The kept images by id, every valid id seen (dropped ones included), and whether a
+        record changed.
+    """
+    changed = False
+    images: Dict[Any, Dict[str, Any]] = {}
+    all_ids = {
+        img.get("id")
+        for img in data["images"]
+        if isinstance(img, dict) and (is_int(img.get("id")) or isinstance(img.get("id"), str))
+    }
+    for i, img in enumerate(data["images"]):
+        img_id = img.get("id") if isinstance(img, dict) else None
+        if not (is_int(img_id) or isinstance(img_id, str)):
+            add(
+                ERROR,
+                'images without an integer "id"',
+                'give every image a unique "id".',
+                f"images[{i}]: {img!r}"[:200],
+                "dropped",
+            )
+            continue
+        if img_id in images:
+            add(
+                ERROR,
+                "duplicate image ids",
+                'give every image a unique "id".',
+                f"image id {img_id!r} (images[{i}])",
+                "later ones dropped",
+            )
+            continue
+        file_name = img.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            add(
+                ERROR,
+                'images without a "file_name"',
+                'set "file_name" to the image path relative to IMAGE_ROOT.',
+                f"image id {img_id!r}",
+                "dropped",
+            )
+            continue
+        for key in ("width", "height"):
+            value = img.get(key)
+            if value is not None and (not is_number(value) or value <= 0):
+                add(
+                    ERROR,
+                    'images with a bad "width"/"height"',
+                    "store each image's pixel size as positive numbers (or remove them: they "
+                    "are then read from the file).",
+                    f"image id {img_id!r}: {key}={value!r}",
+                    "size read from the file",
+                )
+                img[key] = None
+        images[img_id] = img
+
+    kept = list(images.values())
+    need = [img for img in kept if check_sizes or not img.get("width")]
+    infos = read_image_infos(
+        [os.path.join(image_root, img["file_name"]) for img in need],
+        workers=workers,
+        desc=f"checking images of {name}",
+    )
+    missing_fix = (
+        f"restore the files under IMAGE_ROOT '{image_root}', or remove those images from the "
+        "annotations."
+    )
+    unchecked = [img for img in kept if not (check_sizes or not img.get("width"))]
+    for img in unchecked:
+        # Without header reads, still refuse anything that is not a regular file: a FIFO
+        # would block a data-loader worker forever.
+        path = os.path.join(image_root, img["file_name"])
+        if not os.path.isfile(path):
+            add(
+                ERROR,
+                "image files missing or not regular files",
+                missing_fix,
+                f"image id {img['id']!r}: '{img['file_name']}'",
+                "dropped",
+            )
+            images.pop(img["id"])
+    for img, info in zip(need, infos):
+        record = f"image id {img['id']!r}: '{img['file_name']}'"
+        if info.error == "file not found":
+            add(ERROR, "image files not found", missing_fix, record, "dropped")
+            images.pop(img["id"])
+        elif info.error:
+            add(
+                ERROR,
+                "unreadable image files",
+                "replace each file with a complete image (JPEG/PNG), or remove it from the "
+                "annotations.",
+                f"{record} {info.error}",
+                "dropped",
+            )
+            images.pop(img["id"])
+        elif img.get("width") is None or img.get("height") is None:
+            img["width"], img["height"] = info.width, info.height
+            changed = True
+        elif (round(img["width"]), round(img["height"])) != (info.width, info.height):
+            add(
+                ERROR,
+                "image sizes that disagree with the file",
+                "correct width/height in the annotations (the file's size is what detectron2 "
+                "reads, after applying the EXIF orientation).",
+                f"{record}: annotation {img['width']:g}x{img['height']:g}, file "
+                f"{info.width}x{info.height}",
+                "file's size used",
+            )
+            img["width"], img["height"] = info.width, info.height
+            changed = True
+    if kept and not images:
+        add(
+            ERROR,
+            "datasets whose images are all missing or unreadable",
+            f"IMAGE_ROOT '{image_root}' is probably wrong: set it to the folder that "
+            '"file_name" is relative to.',
+            None,
+            "none",
+        )
+    return images, all_ids, changed
