@@ -23,9 +23,13 @@ import torch
 from .errors import CheckpointFormatError
 from .vm import MADV_RANDOM, madvise
 
-__all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact"]
+__all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact", "open_exact"]
 
 _STAGING = 4 << 20  # bytes of host staging for reads into non-CPU or converted destinations
+# Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
+# a left-out tensor any larger is not.
+_MERGE_GAP = 4096
+_CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
 
 
 class FileIdentity(NamedTuple):
@@ -62,6 +66,20 @@ def _changed(path: str, what: str) -> CheckpointFormatError:
     )
 
 
+def open_exact(path: str) -> int:
+    """Open ``path`` for exact reads only: no kernel read-ahead around them.
+
+    A small read through an ordinary descriptor makes the kernel read a window ahead and
+    mark a page in it; a later large read that reaches the marked page then reads ahead
+    by its own size, into tensors a selective load leaves out. Every read of checkpoint
+    bytes goes through a descriptor opened here.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
 def read_exact(
     fd: int, offset: int, nbytes: int, path: str, into: Optional[torch.Tensor] = None
 ) -> bytes:
@@ -69,7 +87,21 @@ def read_exact(
 
     Args:
         into: a contiguous CPU tensor of ``nbytes`` bytes to fill instead of returning bytes.
+
+    Raises:
+        CheckpointFormatError: the file ends early, or the read fails.
     """
+    if offset < 0 or nbytes < 0:
+        raise CheckpointFormatError(path, f"it points at byte {offset} (the file is corrupt).")
+    try:
+        return _read_exact(fd, offset, nbytes, path, into)
+    except OSError as e:
+        raise CheckpointFormatError(
+            path, f"reading {nbytes} bytes at byte {offset} failed ({e.strerror or e})."
+        ) from None
+
+
+def _read_exact(fd: int, offset: int, nbytes: int, path: str, into: Optional[torch.Tensor]):
     if into is None:
         parts = []
         done = 0
@@ -88,12 +120,6 @@ def read_exact(
             raise _changed(path, f"it ends before byte {offset + nbytes}")
         done += got
     return b""
-
-
-# Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
-# a left-out tensor any larger is not.
-_MERGE_GAP = 4096
-_CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
 
 
 class MappedFile:
@@ -211,12 +237,10 @@ class FileReader:
     def __enter__(self) -> "FileReader":
         if self.mapped is not None and self.mapped.base_ptr:
             try:
-                self._fd = os.open(self.mapped.path, os.O_RDONLY)
+                self._fd = open_exact(self.mapped.path)
             except OSError as e:
                 raise _changed(self.mapped.path, f"it can no longer be opened: {e}") from None
             self.mapped.identity.check(self._fd, self.mapped.path)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from .allowlist import MAX_DIMS, numpy_globals
 from .errors import CheckpointFormatError
-from .prefetch import FileIdentity, FileReader, MappedFile
+from .prefetch import FileIdentity, FileReader, MappedFile, open_exact
 from .torch_legacy import load_torch_legacy
 from .torch_zip import load_torch_zip, pickle_error
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
@@ -170,8 +170,7 @@ def detect_format(path: str) -> str:
     if path.endswith(".pyth"):
         return "pyth"
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        head = _head(path)
     except OSError as e:
         raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
     if head.startswith(b"PK\x03\x04"):
@@ -234,9 +233,16 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     return OpenedCheckpoint(path, data, fmt, lazy=use_mmap, mapping=mapping)
 
 
+def _head(path: str) -> bytes:
+    fd = open_exact(path)  # an ordinary read here would set up read-ahead into the tensors
+    try:
+        return os.pread(fd, len(_LEGACY_TORCH_MAGIC), 0)
+    finally:
+        os.close(fd)
+
+
 def _torch_kind(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    head = _head(path)
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
     if head == _LEGACY_TORCH_MAGIC:
@@ -329,7 +335,7 @@ class SafetensorsStateDict(Mapping):
 
     def __init__(self, path: str):
         self.path = path
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_exact(path)
         try:
             identity = FileIdentity.of_fd(fd)
             size = identity.size

@@ -22,7 +22,7 @@ import torch
 
 from .allowlist import StorageRef, Token, itemsize, numpy_globals, torch_globals
 from .errors import CheckpointFormatError, UnsafeCheckpointError
-from .prefetch import FileIdentity, MappedFile, read_exact
+from .prefetch import FileIdentity, MappedFile, open_exact, read_exact
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
 __all__ = ["load_torch_zip", "find_global", "pickle_error", "corrupt_records"]
@@ -62,11 +62,8 @@ def _records(path: str, fd: int, size: int) -> Tuple[str, Dict[str, Tuple[int, i
             "The save was probably interrupted; load an earlier checkpoint.",
         ) from None
     if hasattr(os, "posix_fadvise"):
-        # Only small, exact ranges are read here (local headers, data.pkl). Without this,
-        # each header read would pull the kernel's read-ahead window of tensor data into
-        # the page cache, including tensors the load leaves out. The headers are announced
-        # together so that a cold file costs one batch of reads, not one per record.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        # The headers are announced together, so that a cold file costs one batch of reads
+        # instead of one round trip per record (``fd`` reads exactly, see ``open_exact``).
         for info in infos:
             os.posix_fadvise(
                 fd, info.header_offset, 30 + len(info.filename) + 64, os.POSIX_FADV_WILLNEED
@@ -85,6 +82,10 @@ def _records(path: str, fd: int, size: int) -> Tuple[str, Dict[str, Tuple[int, i
                 f"record '{name}' is compressed or encrypted; torch.save never writes such "
                 "records.",
                 "Re-save the checkpoint with torch.save.",
+            )
+        if not 0 <= info.header_offset < size:
+            raise CheckpointFormatError(
+                path, f"record '{name}' starts outside the file.", "The file is corrupt."
             )
         encoded = name.encode("utf-8", "surrogateescape")
         head = read_exact(fd, info.header_offset, 30 + len(encoded), path)
@@ -154,7 +155,7 @@ def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:
         CheckpointFormatError: a damaged archive or pickle, or one that is not data.
         UnsafeCheckpointError: the pickle names a global outside the allowlist.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_exact(path)
     try:
         identity = FileIdentity.of_fd(fd)
         prefix, records = _records(path, fd, identity.size)
