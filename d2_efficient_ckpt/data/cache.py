@@ -65,6 +65,17 @@ def write_json(path: str, obj: Any) -> None:
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        _write(tmp, obj)
+        os.replace(tmp, path)
+    except BaseException:
+        # Nothing half-written stays behind (a full disk, an interrupt).
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write(tmp: str, obj: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         if not isinstance(obj, dict):
             f.write(_dumps(obj))
@@ -81,7 +92,6 @@ def write_json(path: str, obj: Any) -> None:
                 else:
                     f.write(_dumps(value))
             f.write("}")
-    os.replace(tmp, path)
 
 
 def read_entry(cache_dir: str, name: str, key: str) -> Optional[Dict[str, Any]]:

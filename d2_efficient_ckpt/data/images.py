@@ -11,6 +11,7 @@ before anything opens it.
 """
 
 import logging
+import multiprocessing
 import os
 import stat
 import struct
@@ -216,6 +217,8 @@ def read_image_infos(paths: Sequence[str], workers: int = 0, desc: str = "") -> 
     if workers <= 0:
         workers = min(8, os.cpu_count() or 1)
     show = n >= _PARALLEL_MIN
+    if multiprocessing.current_process().daemon:
+        workers = 1  # a daemonic process may not start children
     if workers == 1 or n < _PARALLEL_MIN:
         return [read_image_info(p) for p in tqdm(paths, desc=desc, disable=not show)]
     chunks = [paths[i : i + _CHUNK] for i in range(0, n, _CHUNK)]

@@ -9,6 +9,7 @@ entry holds the findings.
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -17,6 +18,7 @@ from tabulate import tabulate
 
 from .cache import CACHE_VERSION, entry_paths, read_entry, source_key, write_json
 from .checks import CheckOptions, check_records
+from .errors import DatasetConfigError
 from .formats import DatasetFormat
 from .records import to_dataset_dicts
 from .report import Problem, ValidationReport
@@ -96,7 +98,28 @@ def scan_dataset(
 
     Raises:
         DatasetValidationError: a problem that no fix can resolve.
+        DatasetConfigError: the cache folder cannot be written.
     """
+    try:
+        return _scan(name, fmt, spec, options, report, cache_dir, keep_data)
+    except OSError as e:
+        if not os.path.abspath(getattr(e, "filename", "") or "").startswith(cache_dir):
+            raise
+        raise DatasetConfigError(
+            f"Dataset '{name}': the cache folder '{cache_dir}' cannot be written ({e.strerror}). "
+            "Set DATASETS.CACHE_DIR to a writable folder."
+        ) from None
+
+
+def _scan(
+    name: str,
+    fmt: Type[DatasetFormat],
+    spec: Dict[str, Any],
+    options: CheckOptions,
+    report: ValidationReport,
+    cache_dir: str,
+    keep_data: bool,
+) -> Tuple[ScannedDataset, Optional[Dict[str, Any]]]:
     start = time.perf_counter()
     files = fmt.source_files(name, spec)
     key = source_key(spec, options, files) if files is not None else None

@@ -150,3 +150,14 @@ def test_converted_dataset_is_cached_until_a_source_changes(cfg, toy_copy, datas
     xml.write_text(xml.read_text().replace("<xmax>", "<xmax>1", 1))
     third = register()
     assert not third.from_cache and third.json_file != first.json_file
+
+
+def test_unwritable_cache_folder(cfg, toy_root, tmp_path, dataset_name, declare):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    cfg.DATASETS.CACHE_DIR = str(blocked / "cache")
+    name = dataset_name("voc")
+    declare(cfg, name, {"FORMAT": "voc", "ROOT": str(toy_root / "voc"), "SPLIT": "train"})
+    with pytest.raises(DatasetConfigError, match="cannot be written .*Set DATASETS.CACHE_DIR"):
+        register_datasets_from_cfg(cfg)
+    assert name not in DatasetCatalog
