@@ -1,8 +1,8 @@
 """Image checks from file headers only: regular file, decodable header, size, EXIF, truncation.
 
 JPEG and PNG headers are parsed here directly (the marker segments up to the frame header,
-and the EXIF orientation tag; a PNG's IHDR chunk), which is about ten times faster than
-Pillow's ``Image.open``; anything else, or anything unusual, is left to ``Image.open``, which
+and the EXIF orientation tag; a PNG's IHDR chunk), several times faster than Pillow's
+``Image.open``; anything else, or anything unusual, is left to ``Image.open``, which
 also reads only the header. The pixel data is never decoded. The size returned is the size
 detectron2's ``read_image`` produces, i.e. after the EXIF orientation is applied
 (orientations 5 to 8 swap width and height). A file that is not a
