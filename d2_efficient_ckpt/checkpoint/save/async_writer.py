@@ -4,9 +4,11 @@ At most one job runs at a time: :meth:`AsyncWriter.submit` first waits for the j
 An exception raised by a job is kept and raised in the caller's thread by the next
 :meth:`submit`, :meth:`wait` or :meth:`raise_if_failed`, so a failed save is never lost.
 The thread is not a daemon: an interpreter that exits normally still finishes the write.
+It runs at a lower CPU priority (nice +10) than the training loop.
 """
 
 import logging
+import os
 import threading
 from typing import Callable, Optional
 
@@ -42,6 +44,7 @@ class AsyncWriter:
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:
+        _lower_priority()
         try:
             job()
         except BaseException as e:  # kept for the caller's thread, which decides
@@ -61,3 +64,16 @@ class AsyncWriter:
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+
+# On Linux a thread has its own nice value: the writer yields the CPU to the training
+# threads when cores are scarce, and still gets it whenever training waits.
+_NICE_INCREMENT = 10
+
+
+def _lower_priority() -> None:
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + _NICE_INCREMENT)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass
