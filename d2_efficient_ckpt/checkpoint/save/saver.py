@@ -199,10 +199,15 @@ class CheckpointSaver:
         doomed = plan_deletions(
             os.listdir(self.directory), self.options.max_to_keep, protected=[newest]
         )
+        deleted = []
         for name in doomed:
-            remove_checkpoint(os.path.join(self.directory, name))
-        if doomed:
-            logger.info(f"Deleted old checkpoints (MAX_TO_KEEP): {', '.join(doomed)}")
+            try:
+                remove_checkpoint(os.path.join(self.directory, name))
+                deleted.append(name)
+            except OSError as e:  # the new checkpoint is safe; an old one outstays its time
+                logger.warning(f"Could not delete old checkpoint {name} (MAX_TO_KEEP): {e}")
+        if deleted:
+            logger.info(f"Deleted old checkpoints (MAX_TO_KEEP): {', '.join(deleted)}")
 
     def wait(self) -> None:
         """Join the save in flight; raise its error if it failed."""
