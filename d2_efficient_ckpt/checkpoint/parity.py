@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from detectron2.layers import FrozenBatchNorm2d
 from torch.ao.quantization import FakeQuantizeBase, ObserverBase
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _NormBase  # adds the step counter of old versions
 from torch.nn.parameter import is_lazy
 
 __all__ = [
