@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.arena import HostArena
-from d2_efficient_ckpt.checkpoint.restore import materialize
 from d2_efficient_ckpt.checkpoint.errors import UnsafeCheckpointError
+from d2_efficient_ckpt.checkpoint.restore import materialize
 from d2_efficient_ckpt.checkpoint.torch_zip import load_torch_zip
 
 
