@@ -6,11 +6,7 @@ dataset formats in ``DATASET_FORMAT_REGISTRY``.
 """
 
 from . import data  # noqa: F401  (registers the dataset formats)
-from .checkpoint import (
-    CHECKPOINTER_REGISTRY,
-    EfficientDetectionCheckpointer,
-    build_checkpointer,
-)
+from .checkpoint import CHECKPOINTER_REGISTRY, EfficientDetectionCheckpointer, build_checkpointer
 from .config import add_efficient_ckpt_config
 
 __version__ = "0.1.0"

@@ -22,8 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .build import CHECKPOINTER_REGISTRY
 from .errors import CheckpointConfigError, CheckpointFormatError, PartialLoadError
-from .explain import explain
-from .parity import (
+from .explain.base import explain
+from .io.mapped import FileReader, MappedFile
+from .io.readers import open_checkpoint
+from .io.tensors import as_tensor, dtype_of, shape_of
+from .keys.selection import KeySelector
+from .options import LoadOptions
+from .report.load_report import LoadReport
+from .report.policy import check_policy, enforce_policy
+from .restore.device import resolve_map_location
+from .restore.model import copy_into_model
+from .restore.parity import (
     count_params,
     default_checkpointables,
     rename_metadata,
@@ -31,19 +40,8 @@ from .parity import (
     resolve_missing,
     tied_keys,
 )
-from .policy import check_policy, enforce_policy
-from .prefetch import FileReader, MappedFile
-from .readers import open_checkpoint
-from .report import LoadReport
-from .restore import (
-    as_tensor,
-    copy_into_model,
-    dtype_of,
-    materialize,
-    resolve_map_location,
-    shape_of,
-    tensors_in,
-)
+from .restore.parts import TRAINER_PARTS, select_trainer_state
+from .restore.state import materialize, tensors_in
 from .save import (
     CheckpointSaver,
     SaveOptions,
@@ -53,7 +51,6 @@ from .save import (
     plan_resume,
 )
 from .save.fallback import scan
-from .selection import TRAINER_PARTS, KeySelector, LoadOptions, select_trainer_state
 
 __all__ = ["EfficientDetectionCheckpointer"]
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import torch
 
-from ..checkpoint.readers import OpenedCheckpoint, open_checkpoint
+from ..checkpoint.io.readers import OpenedCheckpoint, open_checkpoint
 from ..errors import EXIT_BAD_INPUT
 
 EXIT_OK = 0
@@ -166,7 +166,7 @@ def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: 
     Raises:
         CliError: the file cannot be written (no space, no permission).
     """
-    from ..checkpoint.writers import write_safetensors, write_torch
+    from ..checkpoint.io.writers import write_safetensors, write_torch
 
     desc = f"writing {os.path.basename(out)}"
     try:

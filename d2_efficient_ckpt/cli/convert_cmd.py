@@ -4,9 +4,9 @@ detectron2's."""
 import json
 from typing import Any, Dict, List, Mapping, Tuple
 
-from ..checkpoint.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
-from ..checkpoint.restore import as_tensor
-from ..checkpoint.writers import entries_of
+from ..checkpoint.io.tensors import as_tensor
+from ..checkpoint.io.writers import entries_of
+from ..checkpoint.keys.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
 from .common import (
     ENTRIES_METADATA_KEY,
     EXIT_OK,

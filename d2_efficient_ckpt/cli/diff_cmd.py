@@ -6,10 +6,10 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
-from ..checkpoint.compare import diff_state_dicts
-from ..checkpoint.explain import explain
-from ..checkpoint.grouping import group_keys
-from ..checkpoint.policy import check_policy, policy_message
+from ..checkpoint.explain.base import explain
+from ..checkpoint.keys.grouping import group_keys
+from ..checkpoint.report.compare import diff_state_dicts
+from ..checkpoint.report.policy import check_policy, policy_message
 from ..errors import print_error
 from .common import (
     EXIT_FAILED,

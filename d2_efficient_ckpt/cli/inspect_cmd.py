@@ -10,8 +10,8 @@ import torch
 from tabulate import tabulate
 
 from ..checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
-from ..checkpoint.readers import detect_format, open_checkpoint
-from ..checkpoint.restore import dtype_of, shape_of
+from ..checkpoint.io.readers import detect_format, open_checkpoint
+from ..checkpoint.io.tensors import dtype_of, shape_of
 from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
 
 EXAMPLES = """\

@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from ..checkpoint.explain import dataset_classes
+from ..checkpoint.explain.base import dataset_classes
 from ..config import add_efficient_ckpt_config
 from ..config_utils import merge_cfg_safely
 from ..data.registrar import register_datasets_from_cfg

@@ -9,16 +9,16 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.readers import (
+from ..checkpoint.io.readers import (
     OpenedCheckpoint,
     SafetensorsStateDict,
     detect_format,
     open_checkpoint,
 )
-from ..checkpoint.restore import as_tensor
+from ..checkpoint.io.tensors import as_tensor
+from ..checkpoint.io.torch_zip import corrupt_records
+from ..checkpoint.io.writers import byte_progress
 from ..checkpoint.save import IntegrityError, check_full
-from ..checkpoint.torch_zip import corrupt_records
-from ..checkpoint.writers import byte_progress
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
 
 EXAMPLES = """\

@@ -10,8 +10,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from safetensors.torch import save_file
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
-from d2_efficient_ckpt.checkpoint import readers
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
+from d2_efficient_ckpt.checkpoint.io import readers
 
 from .conftest import assert_same_weights, trained_state
 
@@ -348,7 +348,7 @@ def test_cuda_restore(saved, fresh):
 def test_failure_midway_says_model_is_partly_loaded(tmp_path):
     import torch.nn as nn
 
-    from d2_efficient_ckpt.checkpoint.restore import PartialLoadError
+    from d2_efficient_ckpt.checkpoint.errors import PartialLoadError
 
     class Refuses(nn.Linear):
         def _load_from_state_dict(self, *args, **kwargs):

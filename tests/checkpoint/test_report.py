@@ -8,8 +8,8 @@ import torch
 from detectron2.utils import comm
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
-from d2_efficient_ckpt.checkpoint.grouping import coarsen_patterns, group_keys
-from d2_efficient_ckpt.checkpoint.report import LoadReport
+from d2_efficient_ckpt.checkpoint.keys.grouping import coarsen_patterns, group_keys
+from d2_efficient_ckpt.checkpoint.report.load_report import LoadReport
 
 CKPT_LOGGER = "fvcore.common.checkpoint"
 

@@ -2,7 +2,9 @@
 
 import pytest
 
-from d2_efficient_ckpt.checkpoint.selection import KeySelector, LoadOptions, select_trainer_state
+from d2_efficient_ckpt.checkpoint.keys.selection import KeySelector
+from d2_efficient_ckpt.checkpoint.options import LoadOptions
+from d2_efficient_ckpt.checkpoint.restore.parts import select_trainer_state
 
 SAVED = {
     "iteration": 99,

@@ -5,10 +5,10 @@ import argparse
 import pytest
 import torch
 
-from d2_efficient_ckpt.checkpoint.arena import HostArena
 from d2_efficient_ckpt.checkpoint.errors import UnsafeCheckpointError
-from d2_efficient_ckpt.checkpoint.restore import materialize
-from d2_efficient_ckpt.checkpoint.torch_zip import load_torch_zip
+from d2_efficient_ckpt.checkpoint.io.torch_zip import load_torch_zip
+from d2_efficient_ckpt.checkpoint.restore.arena import HostArena
+from d2_efficient_ckpt.checkpoint.restore.state import materialize
 
 
 def _same(a, b):

@@ -27,9 +27,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import CheckpointFormatError
 from .allowlist import MAX_DIMS, numpy_globals
-from .errors import CheckpointFormatError
-from .prefetch import FileIdentity, FileReader, MappedFile, open_exact
+from .mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .torch_legacy import load_torch_legacy
 from .torch_zip import load_torch_zip, pickle_error
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle

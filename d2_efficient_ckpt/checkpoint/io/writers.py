@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .readers import _SAFETENSORS_DTYPES
-from .restore import as_tensor, dtype_of, shape_of
+from .tensors import as_tensor, dtype_of, shape_of
 
 __all__ = [
     "TensorEntry",

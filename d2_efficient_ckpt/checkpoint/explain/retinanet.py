@@ -4,8 +4,8 @@ number of convs in its classification and box subnets (MODEL.RETINANET.*)."""
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .explain import ExplainContext, Explanation, recogniser
-from .explain_heads import LABEL_SETS, plain_lists, preview_names
+from .base import ExplainContext, Explanation, recogniser
+from .heads import LABEL_SETS, plain_lists, preview_names
 
 _OUTPUT = re.compile(r"^(?P<p>(?:.*\.)?head)\.(?:cls_score|bbox_pred)\.\w+$")
 _SUBNET = re.compile(r"^(?P<p>(?:.*\.)?head)\.(?P<net>cls|bbox)_subnet\.(?P<i>\d+)\.\w+$")

@@ -20,7 +20,7 @@ from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import CheckpointFormatError
+from ..errors import CheckpointFormatError
 from .vm import MADV_RANDOM, madvise
 
 __all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact", "open_exact"]

@@ -5,8 +5,8 @@ import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .explain import ExplainContext, Explanation, recogniser
-from .grouping import coarsen_patterns, group_keys
+from ..keys.grouping import coarsen_patterns, group_keys
+from .base import ExplainContext, Explanation, recogniser
 
 _BLOCK = re.compile(r"^(?P<p>(?:.*\.)?)(?P<stage>res[2-5])\.(?P<block>\d+)\.")
 _STAGES = ("res2", "res3", "res4", "res5")

@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from ..errors import CheckpointFormatError
 from .allowlist import StorageRef, Token
-from .errors import CheckpointFormatError
-from .prefetch import FileIdentity, read_exact
+from .mapped import FileIdentity, read_exact
 from .torch_zip import find_global, pickle_error
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 

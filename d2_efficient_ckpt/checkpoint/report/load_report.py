@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
-from .grouping import KeyGroup, group_keys
+from ..keys.grouping import KeyGroup, group_keys
 
 __all__ = ["LoadReport", "STATUS_LABELS", "MISMATCH_KINDS"]
 

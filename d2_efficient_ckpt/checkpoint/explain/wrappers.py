@@ -5,8 +5,8 @@ import re
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .explain import ExplainContext, Explanation, recogniser
-from .naming import rules_text
+from ..keys.naming import rules_text
+from .base import ExplainContext, Explanation, recogniser
 
 _WRAPPERS = {
     "module.": "DistributedDataParallel or DataParallel",

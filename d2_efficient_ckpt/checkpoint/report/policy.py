@@ -11,13 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .errors import CheckpointConfigError, CheckpointPolicyError
-from .grouping import coarsen_patterns, group_keys
-from .report import STATUS_LABELS, LoadReport
+from ..errors import CheckpointPolicyError
+from ..keys.grouping import coarsen_patterns, group_keys
+from ..options import normalise_on_mismatch
+from .load_report import STATUS_LABELS, LoadReport
 
-__all__ = ["ON_MISMATCH_CHOICES", "PolicyOutcome", "check_policy", "enforce_policy"]
-
-ON_MISMATCH_CHOICES = ("warn", "error", "ignore")
+__all__ = ["PolicyOutcome", "check_policy", "enforce_policy"]
 
 
 @dataclass
@@ -54,16 +53,6 @@ class PolicyOutcome:
         }
 
 
-def _normalise(on_mismatch: str) -> str:
-    value = str(on_mismatch or "warn").strip().lower()
-    if value not in ON_MISMATCH_CHOICES:
-        raise CheckpointConfigError(
-            f"CHECKPOINT.LOAD.ON_MISMATCH must be one of {', '.join(ON_MISMATCH_CHOICES)}; "
-            f"got {on_mismatch!r}."
-        )
-    return value
-
-
 def check_policy(
     report: LoadReport, on_mismatch: str = "warn", allow: Sequence[str] = ()
 ) -> PolicyOutcome:
@@ -73,7 +62,7 @@ def check_policy(
         CheckpointConfigError: ``on_mismatch`` is not warn, error or ignore.
     """
     allow = [allow] if isinstance(allow, str) else list(allow)
-    outcome = PolicyOutcome(_normalise(on_mismatch), allow)
+    outcome = PolicyOutcome(normalise_on_mismatch(on_mismatch), allow)
     for kind, key in report.mismatches():
         if any(fnmatch.fnmatchcase(key, pattern) for pattern in allow):
             outcome.tolerated.append((kind, key))

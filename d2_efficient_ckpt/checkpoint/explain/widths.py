@@ -5,7 +5,7 @@ backbone's bottleneck blocks (MODEL.RESNETS.WIDTH_PER_GROUP / NUM_GROUPS)."""
 import re
 from typing import List, Tuple
 
-from .explain import ExplainContext, Explanation, recogniser
+from .base import ExplainContext, Explanation, recogniser
 
 Shape = Tuple[int, ...]
 _FPN = re.compile(r"^(?P<p>(?:.*\.)?)fpn_(?:lateral|output)\d+\.weight$")

@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from detectron2.data import MetadataCatalog
 
-from .grouping import group_keys
-from .report import LoadReport
+from ..keys.grouping import group_keys
+from ..report.load_report import LoadReport
 
 __all__ = [
     "Explanation",
@@ -188,23 +188,6 @@ def recogniser(order: int = 100) -> Callable[[Recogniser], Recogniser]:
     return register
 
 
-_BUILTIN_LOADED = []
-
-
-def _load_builtin() -> None:
-    # Imported for their @recogniser side effect.
-    if not _BUILTIN_LOADED:
-        _BUILTIN_LOADED.append(True)
-        from . import (  # noqa: F401
-            explain_backbone,
-            explain_heads,
-            explain_retinanet,
-            explain_widths,
-            explain_wrappers,
-            naming,
-        )
-
-
 def explain(
     report: LoadReport,
     *,
@@ -224,7 +207,6 @@ def explain(
     Returns:
         Explanations, most severe first. Each one's ``keys`` are grouped patterns.
     """
-    _load_builtin()
     ctx = ExplainContext(report, model_shapes, ckpt_keys, cfg)
     out: List[Explanation] = []
     for _, fn in sorted(RECOGNISERS, key=lambda item: item[0]):

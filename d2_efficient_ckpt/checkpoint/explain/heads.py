@@ -3,7 +3,7 @@
 import re
 from typing import List, Optional, Sequence, Tuple
 
-from .explain import ExplainContext, Explanation, recogniser
+from .base import ExplainContext, Explanation, recogniser
 
 # Label sets whose class count is distinctive enough to name.
 LABEL_SETS = {80: "COCO", 1203: "LVIS v1", 1230: "LVIS v0.5", 365: "Objects365", 20: "Pascal VOC"}

@@ -1,0 +1,77 @@
+"""Restore detectron2's ``trainer`` entry part by part.
+
+``DefaultTrainer.state_dict()`` bundles the iteration, the optimizer, the LR scheduler (a
+hook), other hooks and the AMP grad scaler. Users think of them as separate parts: a resume
+after a change of schedule keeps the weights and the iteration but not the optimizer.
+"""
+
+from typing import Any, Dict, Sequence, Tuple
+
+from ..options import TRAINER_PART_NAMES
+
+__all__ = ["TRAINER_PARTS", "select_trainer_state"]
+
+# Parts of DefaultTrainer.state_dict(), as (part name, path inside the "trainer" entry).
+TRAINER_PARTS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    "iteration": (("iteration",), ("_trainer", "iteration")),
+    "optimizer": (("_trainer", "optimizer"),),
+    "scaler": (("_trainer", "grad_scaler"),),
+    "scheduler": (("hooks", "LRScheduler"),),
+}
+
+
+def _get(d: Any, path: Tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _set(d: Dict, path: Tuple[str, ...], value: Any) -> None:
+    for k in path[:-1]:
+        d = d.setdefault(k, {})
+    d[path[-1]] = value
+
+
+def select_trainer_state(
+    saved: Dict, current: Dict, wanted: Sequence[str]
+) -> Tuple[Dict, Dict[str, str]]:
+    """Merge a saved trainer state with the current one, part by part.
+
+    Parts not wanted keep the trainer's current state, so ``load_state_dict`` on the result
+    restores exactly the wanted parts and leaves the rest as it is.
+
+    Args:
+        saved: the ``trainer`` entry of the checkpoint.
+        current: ``trainer.state_dict()`` now.
+        wanted: part names; ``"trainer"`` means all parts.
+
+    Returns:
+        The merged state, and for each part ``"restored"``, ``"skipped"`` or ``"absent"``.
+    """
+    wanted = set(TRAINER_PART_NAMES) if "trainer" in wanted else set(wanted)
+    merged = {k: v for k, v in current.items()}
+    merged["hooks"] = dict(current.get("hooks", {}))
+    if "_trainer" in current:
+        merged["_trainer"] = dict(current["_trainer"])
+    status = {}
+    for part, paths in TRAINER_PARTS.items():
+        present = [p for p in paths if _get(saved, p) is not None]
+        if not present:
+            status[part] = "absent"
+        elif part not in wanted:
+            status[part] = "skipped"
+        else:
+            status[part] = "restored"
+            for p in present:
+                _set(merged, p, _get(saved, p))
+    other_hooks = {k: v for k, v in saved.get("hooks", {}).items() if k != "LRScheduler"}
+    if not other_hooks:
+        status["hooks"] = "absent"
+    elif "hooks" in wanted:
+        status["hooks"] = "restored"
+        merged["hooks"].update(other_hooks)
+    else:
+        status["hooks"] = "skipped"
+    return merged, status

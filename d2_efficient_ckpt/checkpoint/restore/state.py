@@ -1,0 +1,67 @@
+"""Restore non-model state (optimizer, scheduler, ...) onto its device, once.
+
+Every tensor of the state is written once into fresh memory on its device: host tensors
+share one :class:`~.arena.HostArena`, and tensors that view the checkpoint file are read
+from it with length-checked reads.
+"""
+
+from typing import Any, Iterator, Optional
+
+import torch
+
+from .arena import HostArena
+
+__all__ = ["materialize", "tensors_in"]
+
+
+def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) -> Any:
+    """Copy every tensor in a nested structure into fresh memory on ``device``.
+
+    0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
+    The copy is the one write each tensor needs anyway, so nothing stays backed by the file.
+    Host tensors share one :class:`HostArena`, which keeps the page faults of that first
+    write few.
+
+    Args:
+        obj: dicts, lists and tuples of tensors and other values.
+        device: where non-scalar tensors go.
+        reader: optional ``prefetch.FileReader``; tensors that view its file are read from
+            the file into their destination with length-checked reads.
+    """
+    host = [t for t in tensors_in(obj) if t.dim() > 0] if device.type == "cpu" else []
+    arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
+    return _rebuild(obj, device, arena, reader)
+
+
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested structure of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors_in(v)
+
+
+def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() > 0 and arena is not None and device.type == "cpu":
+            out = arena.empty_like(obj)
+        else:
+            dev = torch.device("cpu") if obj.dim() == 0 else device
+            out = torch.empty(obj.shape, dtype=obj.dtype, device=dev)
+        if reader is None:
+            out.copy_(obj)
+        else:
+            reader.read_into(out, obj)  # length-checked; never touches a file mapping
+        return out
+    if isinstance(obj, dict):
+        items = ((k, _rebuild(v, device, arena, reader)) for k, v in obj.items())
+        return dict(items) if type(obj) is dict else type(obj)(items)
+    if isinstance(obj, list):
+        return [_rebuild(v, device, arena, reader) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_rebuild(v, device, arena, reader) for v in obj)
+    return obj
