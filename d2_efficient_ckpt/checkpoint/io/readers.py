@@ -3,7 +3,9 @@
 Formats:
     * torch zip (``torch.save`` since 1.6): memory-mapped, so storages are read only when used;
     * legacy torch (pre-zip): read eagerly, with a log line saying so;
-    * ``.safetensors``: header checked here, tensors are views of a private mapping;
+    * ``.safetensors``: header checked here, tensors are views of a private mapping; a
+      pickle-free training checkpoint (``CHECKPOINT.SAVE.FORMAT safetensors``) gives all its
+      entries, decoded by :mod:`.training_tree`, with the model still read key by key;
     * ``.pkl``: Detectron2 or Caffe2/Detectron1 model zoo pickles;
     * ``.pyth``: pycls checkpoints (torch files).
 
@@ -32,6 +34,7 @@ from .allowlist import MAX_DIMS, numpy_globals
 from .mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .torch_legacy import load_torch_legacy
 from .torch_zip import load_torch_zip, pickle_error
+from .training_tree import TrainingModelView, is_training_metadata, training_entries
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
 __all__ = ["OpenedCheckpoint", "open_checkpoint", "SafetensorsStateDict", "detect_format"]
@@ -125,7 +128,7 @@ class OpenedCheckpoint:
             raise CheckpointFormatError(
                 self.path, f"its model has a key that is not a string: {str(bad_key)[:60]!r}."
             )
-        if not isinstance(model, SafetensorsStateDict):  # its values are tensors by design
+        if not isinstance(model, _LAZY_STATES):  # their values are tensors by design
             bad = next((k for k, v in model.items() if not isinstance(v, _ARRAYS)), None)
             if bad is not None:
                 raise CheckpointFormatError(
@@ -209,9 +212,10 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     fmt = detect_format(path)
     if fmt == "safetensors":
         sd = SafetensorsStateDict(path)
-        return OpenedCheckpoint(
-            path, {"model": sd}, fmt, lazy=True, metadata=sd.metadata, mapping=sd.mapped
-        )
+        data: Dict[str, Any] = {"model": sd}
+        if is_training_metadata(sd.metadata):
+            data = training_entries(path, sd, sd.metadata, sd.mapped)
+        return OpenedCheckpoint(path, data, fmt, lazy=True, metadata=sd.metadata, mapping=sd.mapped)
     if fmt == "pkl":
         return _open_zoo_pickle(path, weights_only)
     if fmt == "pyth":
@@ -397,6 +401,10 @@ class SafetensorsStateDict(Mapping):
         return len(self._entries)
 
 
+# State dicts that answer shape()/dtype() from a header and hold only tensors.
+_LAZY_STATES = (SafetensorsStateDict, TrainingModelView)
+
+
 class ReadingStateDict(Mapping):
     """A state dict whose values are read (length-checked) into fresh tensors on access.
 
@@ -410,13 +418,13 @@ class ReadingStateDict(Mapping):
 
     def shape(self, key: str) -> Tuple[int, ...]:
         """Shape of ``key`` without reading its data."""
-        if isinstance(self._state, SafetensorsStateDict):
+        if isinstance(self._state, _LAZY_STATES):
             return self._state.shape(key)
         return tuple(self._state[key].shape)
 
     def dtype(self, key: str) -> Optional[torch.dtype]:
         """dtype of ``key`` without reading its data."""
-        if isinstance(self._state, SafetensorsStateDict):
+        if isinstance(self._state, _LAZY_STATES):
             return self._state.dtype(key)
         value = self._state[key]
         if isinstance(value, np.ndarray):

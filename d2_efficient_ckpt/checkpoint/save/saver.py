@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 TAG_FILE = "last_checkpoint"
 # Formats the saver can write, and those a resume can read back (only these are offered).
 _WRITABLE_FORMATS = ("pth", "safetensors")
-_RESUMABLE_FORMATS = ("pth",)
+_RESUMABLE_FORMATS = ("pth", "safetensors")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 :func:`encode` splits a checkpoint (``{"model": state_dict, "trainer": {...}, ...}``) into
 tensors, each under a name, and a JSON-serialisable skeleton that records every container,
-scalar and where each tensor goes. :func:`decode` puts it back from any ``name -> tensor``
-lookup, so a reader may hand in lazy values (e.g. views of a memory-mapped file).
+scalar and where each tensor goes. :func:`decode` (in ``io.training_tree``, where the loader
+uses it) puts it back from any ``name -> tensor`` lookup, so a reader may hand in lazy values.
 
 Tensor names are readable paths: ``model/backbone.fpn_output2.weight``,
 ``trainer/optimizer/state/3/momentum_buffer``. A state dict's ``_metadata`` (module versions,
@@ -12,17 +12,15 @@ lists, tuples, str, int, float, bool and None cannot be stored: the error names 
 """
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
+from ..io.training_tree import TRAINING_FORMAT, decode
 from .errors import SaveConfigError
 
 __all__ = ["TRAINING_FORMAT", "encode", "decode"]
-
-# Stored as the file's "format" metadata; a reader that sees it calls decode().
-TRAINING_FORMAT = "d2_efficient_ckpt.training/1"
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -83,24 +81,3 @@ def _unstorable(path: List[str], what: str) -> SaveConfigError:
         "Make that state_dict() return tensors, numbers, strings and containers, or use "
         "CHECKPOINT.SAVE.FORMAT pth."
     )
-
-
-def decode(skeleton: Any, tensor: Callable[[str], Any]) -> Any:
-    """Rebuild the checkpoint from its skeleton; ``tensor(name)`` supplies each tensor."""
-    if isinstance(skeleton, dict):
-        kind = skeleton.get("t")
-        if kind in ("tensor", "ndarray"):
-            value = tensor(skeleton["k"])
-            return value.numpy() if kind == "ndarray" and hasattr(value, "numpy") else value
-        if kind in ("dict", "odict"):
-            out = OrderedDict() if kind == "odict" else {}
-            for key, value in skeleton["items"]:
-                out[key] = decode(value, tensor)
-            if "meta" in skeleton:
-                out._metadata = decode(skeleton["meta"], tensor)
-            return out
-        if kind in ("list", "tuple"):
-            items = [decode(v, tensor) for v in skeleton["v"]]
-            return items if kind == "list" else tuple(items)
-        raise ValueError(f"unknown node {kind!r} in a training checkpoint's skeleton")
-    return skeleton

@@ -68,9 +68,8 @@ def test_colliding_names_stay_apart():
     assert torch.equal(back[1], torch.ones(1)) and torch.equal(back["1"], torch.zeros(1))
 
 
-def test_format_key_is_gated_until_the_loader_reads_it(tiny_cfg):
-    cfg = tiny_cfg(**{"CHECKPOINT.SAVE.FORMAT": "safetensors"})
-    with pytest.raises(SaveConfigError, match="not available yet"):
-        SaveOptions.from_cfg(cfg)
+def test_format_key_accepts_safetensors_and_refuses_others(tiny_cfg):
+    options = SaveOptions.from_cfg(tiny_cfg(**{"CHECKPOINT.SAVE.FORMAT": "safetensors"}))
+    assert options.format == "safetensors" and options.suffix == ".safetensors"
     with pytest.raises(SaveConfigError, match="'zip'"):
         SaveOptions.from_cfg(tiny_cfg(**{"CHECKPOINT.SAVE.FORMAT": "zip"}))
