@@ -2,11 +2,22 @@
 detectron2's."""
 
 import json
+from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple
 
+import numpy as np
+import torch
+
+from ..checkpoint.io.mapped import FileReader
+from ..checkpoint.io.readers import OpenedCheckpoint
 from ..checkpoint.io.tensors import as_tensor
+from ..checkpoint.io.training_tree import is_training_metadata
 from ..checkpoint.io.writers import entries_of
 from ..checkpoint.keys.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
+from ..checkpoint.save.errors import SaveConfigError
+from ..checkpoint.save.safetensors_format import write_training_safetensors
+from ..checkpoint.save.saver import iteration_of
+from ..checkpoint.save.write import write_checkpoint
 from .common import (
     ENTRIES_METADATA_KEY,
     EXIT_OK,
@@ -25,6 +36,8 @@ from .common import (
 EXAMPLES = """\
   python -m d2_efficient_ckpt convert output/model_final.pth model_final.safetensors
   python -m d2_efficient_ckpt convert model_final.safetensors model_final.pth
+  python -m d2_efficient_ckpt convert --training output/model_0004999.pth \
+      model_0004999.safetensors     # the whole training state, as FORMAT safetensors saves
   python -m d2_efficient_ckpt convert --from torchvision resnet50-0676ba61.pth R-50-tv.pth
   python -m d2_efficient_ckpt convert --from torchvision --prefix backbone.bottom_up. \\
       resnet50.pth R-50-fpn.safetensors
@@ -41,7 +54,10 @@ def register(sub, common) -> None:
         "Convert a checkpoint's model weights. The output format follows OUT's extension "
         "(.pth or .safetensors). Zoo .pkl files become .pth (Caffe2 names are converted to "
         "detectron2's); --from torchvision renames a torchvision ResNet to detectron2 backbone "
-        "names. Optimizer and trainer state is not converted.",
+        "names. With --training, a whole training checkpoint (optimizer, scheduler, trainer "
+        "state) becomes the pickle-free training .safetensors that CHECKPOINT.SAVE.FORMAT "
+        "safetensors writes; such a file always converts whole, also back to .pth. Whole "
+        "conversions write an integrity record next to OUT, as saves do.",
         EXAMPLES,
         common,
     )
@@ -53,6 +69,11 @@ def register(sub, common) -> None:
         default="",
         help="with --from torchvision: prefix of the backbone in the model, e.g. "
         "backbone.bottom_up. for FPN models (default: none, matched by detectron2's heuristics)",
+    )
+    p.add_argument(
+        "--training",
+        action="store_true",
+        help="convert every entry (optimizer, scheduler, trainer, iteration), not only weights",
     )
     p.add_argument("--force", action="store_true", help="overwrite OUT")
     p.set_defaults(func=run)
@@ -66,6 +87,86 @@ def _from_caffe2(state: Mapping[str, Any]) -> Dict[str, Any]:
     return renamed
 
 
+def _whole(args, opened: OpenedCheckpoint) -> bool:
+    """Whether to convert every entry: asked for, or a training .safetensors (whose state
+    would otherwise be lost on the way back to .pth)."""
+    if opened.format == "safetensors" and is_training_metadata(opened.metadata):
+        return True
+    if not args.training:
+        return False
+    if args.source != "auto" or opened.format not in ("torch-zip", "torch-legacy"):
+        raise CliError(
+            f"--training converts torch training checkpoints; {args.input} is "
+            f"{opened.format}"
+            + (f" read --from {args.source}" if args.source != "auto" else "")
+            + ". Leave out --training to convert its weights."
+        )
+    return True
+
+
+def _read_all(value: Any, reader: FileReader) -> Any:
+    """``value`` with every tensor read into fresh memory; state dict metadata kept."""
+    if isinstance(value, torch.Tensor):
+        return reader.read(value)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, Mapping):
+        out = {} if type(value) is dict else OrderedDict()
+        for k, v in value.items():
+            out[k] = _read_all(v, reader)
+        meta = getattr(value, "_metadata", None)
+        if meta is not None:
+            out._metadata = _read_all(meta, reader)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_read_all(v, reader) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def convert_training(args, kind: str, opened: OpenedCheckpoint) -> Dict[str, Any]:
+    """Convert a whole training checkpoint; returns the summary.
+
+    The output is written atomically with an integrity record, as the trainer writes its own
+    checkpoints, so ``verify`` and ``--resume`` treat it like one.
+    """
+    model, rest = opened.split_model()
+    with opened.reader() as reader:
+        data = _read_all({"model": model, **rest}, reader)
+    serializer = write_training_safetensors if kind == "safetensors" else torch.save
+    try:
+        result = write_checkpoint(
+            args.output, data, iteration=iteration_of(data), serializer=serializer
+        )
+    except SaveConfigError as e:
+        raise CliError(f"{args.input} cannot be converted to {args.output}: {e}") from None
+    count = sum(1 for _ in _tensors(data))
+    return {
+        "input": args.input,
+        "input_format": opened.format,
+        "output": args.output,
+        "output_format": kind,
+        "training_state": True,
+        "tensors": count,
+        "bytes": result.record.size,
+        "entries": [str(k) for k in data],
+        "iteration": iteration_of(data),
+        "dropped": [],
+        "notes": [],
+    }
+
+
+def _tensors(value: Any):
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
 def convert(args) -> Tuple[Dict[str, Any], List[str]]:
     """Do the conversion; returns the summary and notes for the user."""
     kind = check_output(args.input, args.output, args.force)
@@ -73,6 +174,8 @@ def convert(args) -> Tuple[Dict[str, Any], List[str]]:
     state, extra = model_state(opened)
     notes: List[str] = []
     plain = scalar_entries(extra)
+    if _whole(args, opened):
+        return convert_training(args, kind, opened), []
     dropped = [k for k in extra if k not in plain]
     if opened.format == "safetensors" and ENTRIES_METADATA_KEY in opened.metadata:
         plain.update(json.loads(opened.metadata[ENTRIES_METADATA_KEY]))
@@ -102,13 +205,17 @@ def convert(args) -> Tuple[Dict[str, Any], List[str]]:
             "load it with '?matching_heuristics=True' after the path."
         )
     if dropped:
-        notes.append(f"not converted (only model weights are): {', '.join(dropped)}.")
+        notes.append(
+            f"not converted (only model weights are): {', '.join(dropped)}. Pass --training "
+            "to convert the whole training checkpoint."
+        )
     size = write_output(args.output, kind, entries_of(state), plain, show_progress(args))
     summary = {
         "input": args.input,
         "input_format": opened.format,
         "output": args.output,
         "output_format": kind,
+        "training_state": False,
         "tensors": len(state),
         "bytes": size,
         "entries": plain,
@@ -125,6 +232,11 @@ def run(args) -> int:
         f"({summary['output_format']}): {summary['tensors']} tensors, "
         f"{fmt_bytes(summary['bytes'])}"
     )
+    if summary["training_state"]:
+        text += (
+            f"\nwhole training checkpoint (entries: {', '.join(summary['entries'])}; "
+            f"iteration {summary['iteration']}), with an integrity record"
+        )
     text += "".join(f"\nnote: {n}" for n in notes)
     emit(args, summary, text)
     return EXIT_OK

@@ -12,6 +12,7 @@ from tabulate import tabulate
 from ..checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
 from ..checkpoint.io.readers import detect_format, open_checkpoint
 from ..checkpoint.io.tensors import dtype_of, shape_of
+from ..checkpoint.io.training_tree import is_training_metadata
 from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
 
 EXAMPLES = """\
@@ -114,6 +115,8 @@ def inspect_file(path: str) -> Dict[str, Any]:
         return info
     info["format"] = opened.format
     info["metadata"] = dict(opened.metadata)
+    if is_training_metadata(opened.metadata):
+        info["training_checkpoint"] = True  # every entry pickle-free, decoded from "tree"
     data = opened.data if isinstance(opened.data, dict) else {"(top level)": opened.data}
     if "model" not in data:
         try:
@@ -131,13 +134,14 @@ def inspect_file(path: str) -> Dict[str, Any]:
 
 def format_info(info: Dict[str, Any]) -> str:
     size = fmt_bytes(info["bytes"])
+    training = info.get("training_checkpoint", False)
     if info["safe"]:
         safety = "pickle-free" if info["pickle_free"] else "loads with weights_only (no code runs)"
     else:
         safety = "UNSAFE: needs pickle globals " + ", ".join(info["unsafe_globals"])
     head = [
         ["file", f"{info['file']} ({size})"],
-        ["format", info["format"]],
+        ["format", info["format"] + (" (training checkpoint)" if training else "")],
         ["pickle-free", "yes" if info["pickle_free"] else "no"],
         ["safety", safety],
         ["iteration", "-" if info["iteration"] is None else info["iteration"]],
@@ -161,7 +165,12 @@ def format_info(info: Dict[str, Any]) -> str:
         ]
         lines += ["", tabulate(rows, headers=["model dtype", "tensors", "parameters", "bytes"])]
     if info["metadata"]:
-        lines += ["", "metadata: " + ", ".join(f"{k}={v}" for k, v in info["metadata"].items())]
+        # A training checkpoint's skeleton is long JSON; --json shows it whole.
+        shown = {
+            k: f"<skeleton, {len(v)} chars>" if training and k == "tree" else v
+            for k, v in info["metadata"].items()
+        }
+        lines += ["", "metadata: " + ", ".join(f"{k}={v}" for k, v in shown.items())]
     return "\n".join(lines)
 
 

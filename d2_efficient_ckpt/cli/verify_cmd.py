@@ -17,7 +17,9 @@ from ..checkpoint.io.readers import (
 )
 from ..checkpoint.io.tensors import as_tensor
 from ..checkpoint.io.torch_zip import corrupt_records
+from ..checkpoint.io.training_tree import is_training_metadata
 from ..checkpoint.io.writers import byte_progress
+from ..checkpoint.restore.state import tensors_in
 from ..checkpoint.save import IntegrityError, check_full
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
 
@@ -149,7 +151,23 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
     problems.extend(tensor_problems)
     if not tensor_problems:
         checks.append(f"{len(state)} model tensors readable and finite")
+    if is_training_metadata(opened.metadata):
+        try:
+            count = _read_training_state(opened)
+            checks.append(f"training state decoded, {count} tensors readable")
+        except CheckpointError as e:
+            problems.append(str(e))
     return finish()
+
+
+def _read_training_state(opened: OpenedCheckpoint) -> int:
+    """Read every tensor outside the model (optimizer, scheduler, ...) length-checked."""
+    _, rest = opened.split_model()
+    tensors = list(tensors_in(rest))
+    with opened.reader() as reader:
+        for t in tensors:
+            reader.read(t)
+    return len(tensors)
 
 
 def run(args) -> int:
