@@ -17,8 +17,10 @@ Registry for checkpointer classes, selected by ``cfg.CHECKPOINT.NAME``.
 
 A registered object is called as ``obj(model, save_dir, cfg=cfg, **checkpointables)`` and
 must return a :class:`detectron2.checkpoint.DetectionCheckpointer` (or a subclass), so that
-it can replace the stock class anywhere detectron2 uses one. Classes that take no ``cfg``
-keyword may expose a ``from_config`` classmethod with the same signature instead.
+it can replace the stock class anywhere detectron2 uses one. A class may instead define a
+``from_config(cfg, model, save_dir, **checkpointables)`` classmethod that returns its
+constructor's keyword arguments, as detectron2's ``@configurable`` classes do; it is then
+built as ``cls(**cls.from_config(...))``.
 """
 
 
@@ -52,5 +54,5 @@ def build_checkpointer(
             f"@CHECKPOINTER_REGISTRY.register() or fix the name."
         ) from None
     if hasattr(cls, "from_config"):
-        return cls.from_config(cfg, model, save_dir, **checkpointables)
+        return cls(**cls.from_config(cfg, model, save_dir, **checkpointables))
     return cls(model, save_dir, cfg=cfg, **checkpointables)

@@ -10,8 +10,9 @@ Differences from the stock class, all on by default and all configurable:
 
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs, urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -26,6 +27,7 @@ from .explain.base import explain
 from .io.mapped import FileReader, MappedFile
 from .io.readers import open_checkpoint
 from .io.tensors import as_tensor, dtype_of, shape_of
+from .keys.plan import KeyPlan, plan_keys
 from .keys.selection import KeySelector
 from .options import LoadOptions
 from .report.load_report import LoadReport
@@ -54,7 +56,28 @@ from .save.fallback import scan
 
 __all__ = ["EfficientDetectionCheckpointer"]
 
-_MODULE_PREFIX = "module."
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Load:
+    """Everything one ``load()`` call needs between its steps; dropped when it ends.
+
+    Attributes:
+        options: the load options (config plus this call's keywords).
+        wanted: checkpointables, or trainer parts, to restore.
+        url: the path as parsed (its query may ask for matching heuristics).
+        mapping: the mapped file its tensors view, for prefetching and checked reads.
+        model_shapes: the model's key shapes, for the explanations.
+        checkpoint_keys: the checkpoint's model keys as stored, for the explanations.
+    """
+
+    options: LoadOptions
+    wanted: List[str]
+    url: Optional[ParseResult] = None
+    mapping: Optional[MappedFile] = None
+    model_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    checkpoint_keys: List[str] = field(default_factory=list)
 
 
 @CHECKPOINTER_REGISTRY.register()
@@ -86,18 +109,26 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         # a bare model may be loaded by one rank alone (e.g. for visualization).
         self._collective = isinstance(model, DistributedDataParallel)
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.logger = logger  # the package's own logger name, not fvcore's
         self.cfg = cfg
         self.load_options = LoadOptions.from_cfg(cfg)
         self.last_report: Optional[LoadReport] = None
-        self._mapping: Optional[MappedFile] = None  # of the file being loaded, for prefetch
-        self._wanted: List[str] = []  # checkpointables (or trainer parts) of the current load
-        self._model_shapes: Dict[str, Tuple[int, ...]] = {}  # of the current load, for explain
-        self._options = self.load_options
+        self._current: Optional[_Load] = None
 
     @classmethod
-    def from_config(cls, cfg, model, save_dir: str = "", **checkpointables: Any):
-        """Build from a config (used by ``build_checkpointer``)."""
-        return cls(model, save_dir, cfg=cfg, **checkpointables)
+    def from_config(cls, cfg, model, save_dir: str = "", **checkpointables: Any) -> Dict[str, Any]:
+        """The constructor's keyword arguments for ``cfg``, as detectron2's ``from_config``.
+
+        ``build_checkpointer`` calls ``cls(**cls.from_config(cfg, model, save_dir, ...))``.
+        """
+        return {"model": model, "save_dir": save_dir, "cfg": cfg, **checkpointables}
+
+    @property
+    def _load_state(self) -> _Load:
+        # Steps called outside load() (as some tests and subclasses do) get the defaults.
+        if self._current is None:
+            self._current = _Load(self.load_options, list(self.load_options.checkpointables))
+        return self._current
 
     # ------------------------------------------------------------------ saving
     @property
@@ -245,7 +276,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
                 ``allow_mismatch`` are missing, unexpected or of another shape; raised after
                 the model weights were copied and before any checkpointable is restored.
         """
-        self._options = self.load_options.override(
+        options = self.load_options.override(
             include=include,
             exclude=exclude,
             rename=rename,
@@ -257,39 +288,40 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         )
         if checkpointables is None:  # the configured parts, plus other registered entries
             checkpointables = default_checkpointables(
-                self.checkpointables, self._options.checkpointables, LoadOptions().checkpointables
+                self.checkpointables, options.checkpointables, LoadOptions().checkpointables
             )
-        wanted = list(checkpointables)
-        self._wanted = wanted
+        self._current = _Load(options, list(checkpointables))
         try:
-            return self._load(path, wanted)
+            return self._load(path)
         finally:
-            self._parsed_url_during_load = None
-            self._options = self.load_options
-            self._mapping = None
-            self._model_shapes = {}
+            self._current = None
 
-    def _load(self, path: str, wanted: List[str]) -> Dict[str, Any]:
-        logger = self.logger
+    def _load(self, path: str) -> Dict[str, Any]:
+        # fvcore's sequence: file, model, incompatible keys, checkpointables.
         if not path:
-            logger.info("No checkpoint found. Initializing model from scratch")
+            self.logger.info("No checkpoint found. Initializing model from scratch")
             self.last_report = None
             return {}
-        logger.info(f"[EfficientDetectionCheckpointer] Loading from {path} ...")
-        parsed = urlparse(path)
-        self._parsed_url_during_load = parsed
-        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
-        if self._collective and comm.get_world_size() > 1:
-            self._check_all_ranks_have(local)
+        self.logger.info(f"[EfficientDetectionCheckpointer] Loading from {path} ...")
+        local = self._local_path(path)
         checkpoint = self._load_file(local)
         self.last_report = LoadReport(path=local, format=checkpoint.pop("__format__", ""))
         incompatible = self._load_model(checkpoint)
         if incompatible is not None:
             self._log_incompatible_keys(incompatible)
-        self._load_checkpointables(checkpoint, wanted, local)
+        self._load_checkpointables(checkpoint, self._load_state.wanted, local)
         if comm.is_main_process():
             self._write_report_json(self.last_report)
         return checkpoint
+
+    def _local_path(self, path: str) -> str:
+        """A local file for ``path`` (URLs are fetched); every rank must be able to read it."""
+        parsed = urlparse(path)
+        self._load_state.url = parsed
+        local = self.path_manager.get_local_path(parsed._replace(query="").geturl())
+        if self._collective and comm.get_world_size() > 1:
+            self._check_all_ranks_have(local)
+        return local
 
     def _check_all_ranks_have(self, path: str) -> None:
         # Every rank reads the file itself (each to its own device), so all must see it.
@@ -303,95 +335,47 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             )
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        opts = self._options
+        current = self._load_state
+        opts = current.options
         opened = open_checkpoint(filename, mmap=opts.mmap, weights_only=opts.weights_only)
-        self._mapping = opened.mapping
+        current.mapping = opened.mapping
         model, rest = opened.split_model()
         data = {"model": model, **rest}
-        if self._parsed_url_during_load is not None:
-            queries = parse_qs(self._parsed_url_during_load.query)
+        if current.url is not None:
+            queries = parse_qs(current.url.query)
             if queries.pop("matching_heuristics", "False") == ["True"]:
                 data["matching_heuristics"] = True
             if queries:
                 raise CheckpointConfigError(
-                    f"Unsupported query {queries} in checkpoint path "
-                    f"{self._parsed_url_during_load.geturl()}; "
+                    f"Unsupported query {queries} in checkpoint path {current.url.geturl()}; "
                     "only matching_heuristics=True is known."
                 )
         lazy = "memory-mapped" if opened.lazy else "eager"
-        safe = "weights only" if self._options.weights_only else "UNSAFE pickle allowed"
+        safe = "weights only" if opts.weights_only else "UNSAFE pickle allowed"
         self.logger.info(f"Reading {filename} as {opened.format} ({lazy}, {safe}).")
         data["__format__"] = opened.format
         return data
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
-        opts = self._options
-        report = self.last_report or LoadReport()
+        current = self._load_state
+        report = self.last_report = self.last_report or LoadReport()
         state = checkpoint.pop("model")
         model_sd = self.model.state_dict()
-        self._model_shapes = {
+        current.model_shapes = {
             k: tuple(v.shape) for k, v in model_sd.items() if not torch.nn.parameter.is_lazy(v)
         }
         report.num_keys_model = len(model_sd)
         if checkpoint.get("matching_heuristics", False):  # returned to the caller, as stock
-            # Name-matching heuristics need every tensor; zoo files are small and eager.
-            with FileReader(self._mapping) as reader:
-                full = {k: _read_value(reader, v) for k, v in state.items()}
-            state = align_and_update_state_dicts(
-                model_sd,
-                full,
-                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
-            )
-        selector = KeySelector(opts.include, opts.exclude, opts.rename)
-        resizable = resizable_keys(self.model, model_sd)  # observers, lazy tensors
-        strip = all(k.startswith(_MODULE_PREFIX) for k in state) and len(state) > 0
-        # checkpoint key -> model key
-        names: Dict[str, str] = {}
-        for ck in state.keys():
-            key = ck[len(_MODULE_PREFIX) :] if strip else ck
-            key, rules = selector.renamed(key)
-            if rules:
-                report.renamed.append((ck, key, rules))
-            names[ck] = key
-        to_copy: Dict[str, Any] = {}
-        for ck, key in names.items():
-            why = selector.why_skipped(key)
-            if why:
-                report.skipped[key] = why
-                continue
-            if key not in model_sd:
-                report.unexpected.append(key)
-                continue
-            target = model_sd[key]
-            if torch.nn.parameter.is_lazy(target):
-                to_copy[key] = as_tensor(state[ck])
-                continue
-            ck_shape = shape_of(state, ck)
-            if ck_shape != tuple(target.shape) and key not in resizable:
-                report.shape_mismatch.append((key, ck_shape, tuple(target.shape)))
-                continue
-            src_dtype = dtype_of(state, ck)
-            if src_dtype is not None and src_dtype != target.dtype:
-                report.dtype_changed.append((key, str(src_dtype), str(target.dtype)))
-            to_copy[key] = as_tensor(state[ck])
-        mismatched = {k for k, _, _ in report.shape_mismatch}
-        for key in model_sd:
-            if key in to_copy or key in report.skipped or key in mismatched:
-                continue
-            why = selector.why_skipped(key)
-            if why:
-                report.skipped[key] = why
-            else:
-                report.missing.append(key)
-        if self._mapping is not None:
-            if report.skipped:
-                self._mapping.read_only_what_is_used()
-            self._mapping.prefetch(to_copy.values())
-            # The entries a resume restores next are read from disk while the model copies.
-            self._mapping.prefetch(self._wanted_entry_tensors(checkpoint))
+            state = self._match_names(state, model_sd, checkpoint.get("__author__"))
+        else:
+            current.checkpoint_keys = list(state)  # the names as stored, for the explanations
+        plan = self._plan(state, model_sd)
+        _record_plan(report, plan)
+        to_copy = {key: as_tensor(state[ck]) for key, ck in plan.copy.items()}
+        self._prefetch(to_copy, checkpoint, leaves_keys_out=bool(plan.skipped))
         # Module versions follow renamed keys; name matching built a state without them.
-        metadata = rename_metadata(getattr(state, "_metadata", None), names)
-        with FileReader(self._mapping) as reader:
+        metadata = rename_metadata(getattr(state, "_metadata", None), plan.names)
+        with FileReader(current.mapping) as reader:
             report.loaded = copy_into_model(self.model, to_copy, metadata, reader)
         tied = tied_keys(self.model, model_sd)
         report.missing, report.tied, report.filled = resolve_missing(
@@ -406,29 +390,76 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             incorrect_shapes=list(report.shape_mismatch),
         )
 
+    def _match_names(self, state: Any, model_sd: Dict[str, Any], author: Any) -> Dict[str, Any]:
+        # detectron2's name-matching heuristics need every tensor; zoo files are small.
+        with FileReader(self._load_state.mapping) as reader:
+            full = {k: _read_value(reader, v) for k, v in state.items()}
+        return align_and_update_state_dicts(model_sd, full, c2_conversion=author == "Caffe2")
+
+    def _plan(self, state: Any, model_sd: Dict[str, Any]) -> KeyPlan:
+        """The key plan of this load (see ``keys/plan.py``), from shapes only."""
+        opts = self._load_state.options
+        lazy = torch.nn.parameter.is_lazy
+        return plan_keys(
+            {ck: (shape_of(state, ck), dtype_of(state, ck)) for ck in state},
+            {k: (None if lazy(v) else tuple(v.shape), v.dtype) for k, v in model_sd.items()},
+            KeySelector(opts.include, opts.exclude, opts.rename),
+            resizable_keys(self.model, model_sd),  # observers, lazy tensors
+        )
+
+    def _prefetch(
+        self, to_copy: Dict[str, Any], checkpoint: Dict[str, Any], leaves_keys_out: bool
+    ) -> None:
+        mapping = self._load_state.mapping
+        if mapping is None:
+            return
+        if leaves_keys_out:
+            mapping.read_only_what_is_used()
+        mapping.prefetch(to_copy.values())
+        # The entries a resume restores next are read from disk while the model copies.
+        mapping.prefetch(self._wanted_entry_tensors(checkpoint))
+
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
-        """Explain, report (main process only) and enforce the mismatch policy (every rank).
+        """Explain, then log (main process only), then enforce the policy (every rank).
 
         Replaces fvcore's per-key warnings by one table through ``self.logger`` and a JSON
-        report in the output directory; see ``report``, ``explain`` and ``policy``.
+        report in the output directory; see ``report/`` and ``explain/``.
         """
         report = self.last_report
         if report is None:
             super()._log_incompatible_keys(incompatible)
             return
-        opts = self._options
-        report.explanations = explain(report, model_shapes=self._model_shapes, cfg=self.cfg)
-        outcome = check_policy(report, opts.on_mismatch, opts.allow_mismatch)
+        self._explain(report)
+        self._log_report(report)
+        self._enforce_policy(report)
+
+    def _explain(self, report: LoadReport) -> None:
+        current = self._load_state
+        opts = current.options
+        report.explanations = explain(
+            report,
+            model_shapes=current.model_shapes,
+            ckpt_keys=current.checkpoint_keys or None,
+            cfg=self.cfg,
+        )
+        check_policy(report, opts.on_mismatch, opts.allow_mismatch)  # fills report.policy
+
+    def _log_report(self, report: LoadReport) -> None:
+        if not comm.is_main_process():
+            return
+        loud = report.has_mismatch and self._load_state.options.on_mismatch != "ignore"
+        self.logger.log(
+            logging.WARNING if loud else logging.INFO,
+            f"Checkpoint load report for {report.path}:\n{report.format_table()}",
+        )
+
+    def _enforce_policy(self, report: LoadReport) -> None:
+        opts = self._load_state.options
+        if not report.policy.get("broken"):
+            return
         if comm.is_main_process():
-            loud = report.has_mismatch and opts.on_mismatch != "ignore"
-            self.logger.log(
-                logging.WARNING if loud else logging.INFO,
-                f"Checkpoint load report for {report.path}:\n{report.format_table()}",
-            )
-        if outcome.broken:
-            if comm.is_main_process():
-                self._write_report_json(report)  # the load stops here; keep the evidence
-            enforce_policy(report, opts.on_mismatch, opts.allow_mismatch)
+            self._write_report_json(report)  # the load stops here; keep the evidence
+        enforce_policy(report, opts.on_mismatch, opts.allow_mismatch)
 
     def _report_json_path(self, report: LoadReport) -> Optional[str]:
         out_dir = ""
@@ -466,7 +497,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         self, checkpoint: Dict[str, Any], wanted: List[str], path: str
     ) -> None:
         report = self.last_report
-        device = resolve_map_location(self._options.map_location, self.model)
+        device = resolve_map_location(self._load_state.options.map_location, self.model)
         report.map_location = str(device)
         parts = [w for w in wanted if w in TRAINER_PARTS or w == "hooks"]
         for key, obj in self.checkpointables.items():
@@ -511,7 +542,7 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
             ) from e
 
     def _wanted_entry_tensors(self, checkpoint: Dict[str, Any]) -> List[torch.Tensor]:
-        wanted = self._wanted
+        wanted = self._load_state.wanted
         out: List[torch.Tensor] = []
         for key in self.checkpointables:
             saved = checkpoint.get(key)
@@ -526,11 +557,12 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
         return out
 
     def _materialize(self, state: Any, device: torch.device) -> Any:
-        if self._mapping is None:
+        mapping = self._load_state.mapping
+        if mapping is None:
             return materialize(state, device)
         if device.type != "cpu":
-            self._mapping.prefetch(tensors_in(state))  # staged reads to the device
-        with self._mapping.reader() as reader:
+            mapping.prefetch(tensors_in(state))  # staged reads to the device
+        with mapping.reader() as reader:
             return materialize(state, device, reader)
 
     @property
@@ -544,3 +576,13 @@ class EfficientDetectionCheckpointer(DetectionCheckpointer):
 def _read_value(reader: FileReader, value: Any) -> torch.Tensor:
     """A checkpoint value as a tensor in fresh memory (read from the file when lazy)."""
     return reader.read(value) if isinstance(value, torch.Tensor) else as_tensor(value)
+
+
+def _record_plan(report: LoadReport, plan: KeyPlan) -> None:
+    """Copy the key plan's decisions into the report."""
+    report.renamed = list(plan.renamed)
+    report.skipped = dict(plan.skipped)
+    report.unexpected = list(plan.unexpected)
+    report.missing = list(plan.missing)
+    report.shape_mismatch = list(plan.shape_mismatch)
+    report.dtype_changed = list(plan.dtype_changed)

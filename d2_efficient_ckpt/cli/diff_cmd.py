@@ -6,10 +6,10 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
-from ..checkpoint.explain.base import explain
+from ..checkpoint.errors import CheckpointPolicyError
 from ..checkpoint.keys.grouping import group_keys
 from ..checkpoint.report.compare import diff_state_dicts
-from ..checkpoint.report.policy import check_policy, policy_message
+from ..checkpoint.report.policy import PolicyOutcome, policy_message
 from ..errors import print_error
 from .common import (
     EXIT_FAILED,
@@ -82,15 +82,12 @@ def diff_model(args, path: Optional[str], opts: List[str]) -> int:
     base, _, query = path.partition("?")
     local = local_file(base)
     checkpointer = EfficientDetectionCheckpointer(model, cfg=cfg)
-    checkpointer.load(local + ("?" + query if query else ""), [], on_mismatch="warn")
+    try:  # the checkpointer explains the differences and applies the config's policy
+        checkpointer.load(local + ("?" + query if query else ""), [])
+    except CheckpointPolicyError:
+        pass  # reported below, as a failed check
     report = checkpointer.last_report
-    stored: Optional[List[str]] = None
-    if report.format in ("torch-zip", "safetensors"):
-        stored = list(model_state(open_lazy(local))[0])
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report.explanations = explain(report, model_shapes=shapes, ckpt_keys=stored, cfg=cfg)
-    ld = cfg.CHECKPOINT.LOAD
-    outcome = check_policy(report, ld.ON_MISMATCH, ld.ALLOW_MISMATCH)
+    outcome = PolicyOutcome.from_dict(report.policy)
     data = {
         "checkpoint": path,
         "config_file": args.config_file,

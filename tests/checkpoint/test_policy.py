@@ -78,7 +78,7 @@ def test_config_drives_the_policy(saved, fresh, tiny_cfg, tmp_path):
 def test_warn_and_ignore_do_not_raise(saved, fresh, caplog):
     path, _, _ = saved
     ck = EfficientDetectionCheckpointer(fresh(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5}))
-    with caplog.at_level(logging.INFO, logger="fvcore.common.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="d2_efficient_ckpt.checkpoint.checkpointer"):
         ck.load(path)
         assert any(r.levelno == logging.WARNING for r in caplog.records)
         caplog.clear()

@@ -11,7 +11,7 @@ from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.keys.grouping import coarsen_patterns, group_keys
 from d2_efficient_ckpt.checkpoint.report.load_report import LoadReport
 
-CKPT_LOGGER = "fvcore.common.checkpoint"
+CKPT_LOGGER = "d2_efficient_ckpt.checkpoint.checkpointer"
 
 
 def _stage_keys(blocks_missing_from=6):

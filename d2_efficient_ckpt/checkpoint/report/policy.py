@@ -42,6 +42,17 @@ class PolicyOutcome:
         """Whether the load must stop: ``error`` with violations."""
         return self.on_mismatch == "error" and bool(self.violations)
 
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PolicyOutcome":
+        """The outcome recorded in ``LoadReport.policy`` (see :meth:`to_dict`)."""
+        return cls(
+            on_mismatch=data.get("on_mismatch", "warn"),
+            allow=list(data.get("allow", [])),
+            violations=[tuple(v) for v in data.get("violations", [])],
+            tolerated=[tuple(t) for t in data.get("tolerated", [])],
+            suggested_allow=list(data.get("suggested_allow", [])),
+        )
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "on_mismatch": self.on_mismatch,
