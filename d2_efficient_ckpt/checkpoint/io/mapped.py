@@ -161,7 +161,14 @@ class MappedFile:
         spans = []
         for t in tensors:
             span = self.span(t)
-            if span is not None and span[1]:
+            if span is None or not span[1]:
+                continue
+            if t.is_contiguous():
+                # Only the tensor's own bytes, as FileReader reads them: safetensors values
+                # are views of one storage that spans the whole file.
+                start = span[0] + t.storage_offset() * t.element_size()
+                spans.append((start, start + t.numel() * t.element_size()))
+            else:
                 spans.append((span[0], span[0] + span[1]))
         spans.sort()
         merged: List[List[int]] = []

@@ -15,7 +15,7 @@ dict keys, bounded nesting, and tensor names that exist; a bad one is an error n
 """
 
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -87,11 +87,14 @@ def decode(
             if kind == "tensor":
                 return tensor(name)
             return array(name) if array is not None else tensor(name).numpy()
-        if kind in ("dict", "odict"):
+        if kind in ("dict", "odict", "counter"):
             items = node.get("items")
             if not isinstance(items, list):
                 raise SkeletonError(f"a {kind} node without items")
-            out = OrderedDict() if kind == "odict" or "meta" in node else {}
+            if kind == "counter":
+                out = Counter()
+            else:
+                out = OrderedDict() if kind == "odict" or "meta" in node else {}
             for item in items:
                 if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], _KEYS)):
                     raise SkeletonError(f"a {kind} item that is not [scalar key, value]")

@@ -11,7 +11,7 @@ which ``load_state_dict`` uses) is kept. Objects other than tensors, numpy array
 lists, tuples, str, int, float, bool and None cannot be stored: the error names their path.
 """
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -57,7 +57,9 @@ def encode(data: Any) -> Tuple[Dict[str, torch.Tensor], Any]:
                 if not isinstance(key, _SCALARS):
                     raise _unstorable(path, f"a dict key of type {type(key).__name__}")
                 items.append([key, walk(value, path + [str(key)])])
-            out = {"t": "odict" if isinstance(obj, OrderedDict) else "dict", "items": items}
+            # Counter keeps its type: torch's MultiStepLR looks up missing milestones in it.
+            kind = "odict" if isinstance(obj, OrderedDict) else "dict"
+            out = {"t": "counter" if isinstance(obj, Counter) else kind, "items": items}
             meta = getattr(obj, "_metadata", None)
             if meta is not None:
                 out["meta"] = walk(meta, path + ["_metadata"])
