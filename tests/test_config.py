@@ -12,7 +12,8 @@ def test_defaults():
     assert cfg.CHECKPOINT.NAME == "EfficientDetectionCheckpointer"
     ld = cfg.CHECKPOINT.LOAD
     assert ld.INCLUDE == [] and ld.EXCLUDE == [] and ld.RENAME == []
-    assert ld.CHECKPOINTABLES == ["optimizer", "scheduler", "iteration", "hooks", "scaler"]
+    parts = ["optimizer", "scheduler", "iteration", "hooks", "scaler", "sampling"]
+    assert ld.CHECKPOINTABLES == parts
     assert ld.MMAP is True and ld.WEIGHTS_ONLY is True and ld.MAP_LOCATION == ""
     assert ld.SELECT_ON_RESUME is False
     assert ld.ON_MISMATCH == "warn" and ld.ALLOW_MISMATCH == []

@@ -15,7 +15,7 @@ __all__ = ["LoadOptions", "ON_MISMATCH_CHOICES", "TRAINER_PART_NAMES", "normalis
 # What an incompatible key does to a load (see report/policy.py).
 ON_MISMATCH_CHOICES = ("warn", "error", "ignore")
 # Parts of the trainer state a resume can restore one by one (see restore/parts.py).
-TRAINER_PART_NAMES = ("optimizer", "scheduler", "iteration", "hooks", "scaler")
+TRAINER_PART_NAMES = ("optimizer", "scheduler", "iteration", "hooks", "scaler", "sampling")
 
 
 def normalise_on_mismatch(value: Any) -> str:

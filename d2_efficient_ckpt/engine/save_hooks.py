@@ -6,6 +6,7 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 
 from ..checkpoint.save.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
+from .sampling import SamplingState
 
 __all__ = ["RaiseFailedSaves", "CheckpointOnSignal", "PREEMPTED_EXIT_CODE"]
 
@@ -57,10 +58,14 @@ class CheckpointOnSignal(HookBase):
         what = self._signals.received or "a signal on another rank"
         name = f"model_{trainer.iter:07d}"
         logger.warning(f"Received {what}: saving {name} after iteration {trainer.iter}, then exit.")
+        for hook in trainer._hooks:  # every rank's sampling state, for the main process
+            if isinstance(hook, SamplingState):
+                hook.gather()
         trainer.checkpointer.save(name, iteration=trainer.iter)
         wait = getattr(trainer.checkpointer, "wait", None)
         if wait is not None:
             wait()
+        comm.synchronize()  # no rank exits (and restarts) before the checkpoint is durable
         logger.warning(
             f"Checkpoint {name} is durable; exiting with status {PREEMPTED_EXIT_CODE} "
             "(resume with --resume)."

@@ -8,12 +8,16 @@ from d2_efficient_ckpt.checkpoint.restore.parts import select_trainer_state
 
 SAVED = {
     "iteration": 99,
-    "hooks": {"LRScheduler": {"last_epoch": 99}, "EMAHook": {"decay": 0.9}},
+    "hooks": {
+        "LRScheduler": {"last_epoch": 99},
+        "EMAHook": {"decay": 0.9},
+        "SamplingState": {"ranks": [{"position": 198}]},
+    },
     "_trainer": {"iteration": 99, "optimizer": {"state": {0: "m"}}, "grad_scaler": {"scale": 8.0}},
 }
 CURRENT = {
     "iteration": 0,
-    "hooks": {"LRScheduler": {"last_epoch": -1}},
+    "hooks": {"LRScheduler": {"last_epoch": -1}, "SamplingState": {"ranks": [{"position": 0}]}},
     "_trainer": {"iteration": 0, "optimizer": {"state": {}}, "grad_scaler": {"scale": 65536.0}},
 }
 
@@ -22,7 +26,7 @@ def test_all_parts():
     merged, status = select_trainer_state(SAVED, CURRENT, ["trainer"])
     assert merged == SAVED
     assert set(status.values()) == {"restored"}
-    assert set(status) == {"iteration", "optimizer", "scaler", "scheduler", "hooks"}
+    assert set(status) == {"iteration", "optimizer", "scaler", "scheduler", "hooks", "sampling"}
 
 
 @pytest.mark.parametrize(
@@ -31,6 +35,7 @@ def test_all_parts():
         (["iteration", "scheduler"], {"iteration", "scheduler"}),
         (["optimizer", "scaler"], {"optimizer", "scaler"}),
         (["hooks"], {"hooks"}),
+        (["sampling"], {"sampling"}),
         ([], set()),
     ],
 )
@@ -47,6 +52,8 @@ def test_parts_restored_others_kept(wanted, restored):
     assert merged["_trainer"]["grad_scaler"]["scale"] == (8.0 if "scaler" in restored else 65536.0)
     assert merged["hooks"]["LRScheduler"]["last_epoch"] == (99 if "scheduler" in restored else -1)
     assert ("EMAHook" in merged["hooks"]) == ("hooks" in restored)
+    position = merged["hooks"]["SamplingState"]["ranks"][0]["position"]
+    assert position == (198 if "sampling" in restored else 0)
 
 
 def test_absent_parts():
@@ -54,6 +61,7 @@ def test_absent_parts():
     _, status = select_trainer_state(saved, CURRENT, ["trainer"])
     assert status["scaler"] == "absent" and status["scheduler"] == "absent"
     assert status["hooks"] == "absent" and status["iteration"] == "restored"
+    assert status["sampling"] == "absent"
 
 
 def test_key_selector_order_and_reasons():

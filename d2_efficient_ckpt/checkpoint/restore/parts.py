@@ -1,7 +1,8 @@
 """Restore detectron2's ``trainer`` entry part by part.
 
 ``DefaultTrainer.state_dict()`` bundles the iteration, the optimizer, the LR scheduler (a
-hook), other hooks and the AMP grad scaler. Users think of them as separate parts: a resume
+hook), the sampling state (a hook: data order and random states), other hooks and the AMP
+grad scaler. Users think of them as separate parts: a resume
 after a change of schedule keeps the weights and the iteration but not the optimizer.
 """
 
@@ -17,7 +18,11 @@ TRAINER_PARTS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "optimizer": (("_trainer", "optimizer"),),
     "scaler": (("_trainer", "grad_scaler"),),
     "scheduler": (("hooks", "LRScheduler"),),
+    # The training loader's position and the random states (the trainer's SamplingState hook).
+    "sampling": (("hooks", "SamplingState"),),
 }
+# Hooks whose state is a part of its own; "hooks" is every other hook.
+_OWN_PART_HOOKS = {p[1] for paths in TRAINER_PARTS.values() for p in paths if p[0] == "hooks"}
 
 
 def _get(d: Any, path: Tuple[str, ...]) -> Any:
@@ -66,7 +71,7 @@ def select_trainer_state(
             status[part] = "restored"
             for p in present:
                 _set(merged, p, _get(saved, p))
-    other_hooks = {k: v for k, v in saved.get("hooks", {}).items() if k != "LRScheduler"}
+    other_hooks = {k: v for k, v in saved.get("hooks", {}).items() if k not in _OWN_PART_HOOKS}
     if not other_hooks:
         status["hooks"] = "absent"
     elif "hooks" in wanted:
