@@ -38,8 +38,10 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ld.setdefault("RENAME", [])
     # Apply INCLUDE/EXCLUDE/RENAME also when resuming this run's own last checkpoint.
     ld.setdefault("SELECT_ON_RESUME", False)
-    # Non-model entries a resume restores: optimizer, scheduler, iteration, hooks, scaler.
-    ld.setdefault("CHECKPOINTABLES", ["optimizer", "scheduler", "iteration", "hooks", "scaler"])
+    # Parts a resume restores; "sampling" is the data order and random states (exact resume).
+    ld.setdefault(
+        "CHECKPOINTABLES", ["optimizer", "scheduler", "iteration", "hooks", "scaler", "sampling"]
+    )
     # Memory-map torch zip files so only the storages that are used are read.
     ld.setdefault("MMAP", True)
     # Refuse checkpoint files that need arbitrary pickle code; set False only for trusted files.
