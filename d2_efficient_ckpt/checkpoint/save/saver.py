@@ -24,9 +24,8 @@ __all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of"]
 logger = logging.getLogger(__name__)
 
 TAG_FILE = "last_checkpoint"
-# Formats the saver can write, and those a resume can read back (only these are offered).
+# Formats the saver writes; the loader resumes from each of them.
 _WRITABLE_FORMATS = ("pth", "safetensors")
-_RESUMABLE_FORMATS = ("pth", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,6 @@ class SaveOptions:
         if fmt not in _WRITABLE_FORMATS:
             raise SaveConfigError(
                 f"CHECKPOINT.SAVE.FORMAT is '{fmt}'; use 'pth' (default) or 'safetensors'."
-            )
-        if fmt not in _RESUMABLE_FORMATS:
-            raise SaveConfigError(
-                f"CHECKPOINT.SAVE.FORMAT '{fmt}' is not available yet: the loader cannot resume "
-                "from such files in this release. Use 'pth'."
             )
         return cls(
             verify=bool(node.get("VERIFY", True)),
