@@ -1,6 +1,6 @@
 """The saving side: atomic, verified, optionally asynchronous checkpoints.
 
-Modules, each with one job (imports point down to ``..errors`` only):
+Modules, each with one job (imports point down to ``..errors`` and ``..io``):
     errors        CheckpointSaveError, SaveConfigError
     atomic        temporary file, fsync, rename, directory fsync; stale temp-file cleanup
     integrity     the sidecar record (size + xxh3-64) and its cheap and full checks
@@ -10,7 +10,8 @@ Modules, each with one job (imports point down to ``..errors`` only):
     retention     which old periodic checkpoints to delete (pure)
     fallback      which checkpoint a resume uses when the newest is broken (pure + scan)
     signals       preemption signals turned into a flag the training loop polls
-    tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle)
+    tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle);
+                  the loader's side, decode, is ``io.training_tree``
     safetensors_format  that, written as one .safetensors file
     saver         CheckpointSaver: the sequence above for one save
 """
