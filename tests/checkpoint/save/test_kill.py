@@ -14,14 +14,15 @@ import zipfile
 import pytest
 
 from d2_efficient_ckpt import build_checkpointer
+from d2_efficient_ckpt.checkpoint.io.readers import SafetensorsStateDict
 from d2_efficient_ckpt.checkpoint.save import check_full, read_record
 from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.save.fallback import CHECKPOINT_SUFFIXES
 from tests.conftest import REPO
 
 
-def _start(out, asynchronous):
-    args = [sys.executable, "-m", "tests.checkpoint.save.worker", "loop", str(out)]
+def _start(out, asynchronous, fmt):
+    args = [sys.executable, "-m", "tests.checkpoint.save.worker", "loop", str(out), fmt]
     return subprocess.Popen(
         args + (["async"] if asynchronous else []),
         cwd=REPO,
@@ -31,9 +32,9 @@ def _start(out, asynchronous):
     )
 
 
-def _kill_during_a_save(out, rng, asynchronous):
+def _kill_during_a_save(out, rng, asynchronous, fmt="pth"):
     """Start the worker, and SIGKILL it at a random moment of one of its first saves."""
-    proc = _start(out, asynchronous)
+    proc = _start(out, asynchronous, fmt)
     # An asynchronous save is joined only by the next one: start killing from the third.
     target = rng.randint(2, 4) if asynchronous else rng.randint(1, 3)
     try:
@@ -48,7 +49,8 @@ def _kill_during_a_save(out, rng, asynchronous):
     return target
 
 
-def _check_directory(out, model_factory):
+def _check_directory(out, model_factory, fmt="pth"):
+    suffix = f".{fmt}"
     names = os.listdir(out)
     for name in names:
         if not name.endswith(CHECKPOINT_SUFFIXES):
@@ -56,19 +58,21 @@ def _check_directory(out, model_factory):
         path = os.path.join(out, name)
         if read_record(path) is not None:
             check_full(path)  # raises if a file under a checkpoint name is broken
+        elif name.endswith(".safetensors"):  # killed before its record: header and sizes
+            SafetensorsStateDict(path)  # raises if any tensor ends past the file
         else:  # killed between the rename and its record: the zip must be complete
             with zipfile.ZipFile(path) as zf:
                 assert zf.testzip() is None, name
-    complete = sorted(n for n in names if n.endswith(".pth") and not is_temp_file(n))
+    complete = sorted(n for n in names if n.endswith(suffix) and not is_temp_file(n))
     assert complete, f"not even the first checkpoint is complete: {names}"
-    model = model_factory()
+    model = model_factory(fmt)
     ck = build_checkpointer(model.cfg, model.model, str(out))
     # Restart in the same directory: the killed writer's temporary file goes away.
     extra = ck.resume_or_load("", resume=True)
     assert not [n for n in os.listdir(out) if is_temp_file(n)]
-    newest = max(int(n[len("model_") : -len(".pth")]) for n in complete)
+    newest = max(int(n[len("model_") : -len(suffix)]) for n in complete)
     assert extra["iteration"] == newest
-    assert ck.last_report.path.endswith(f"model_{newest:07d}.pth")
+    assert ck.last_report.path.endswith(f"model_{newest:07d}{suffix}")
 
 
 class _Built:
@@ -80,26 +84,32 @@ class _Built:
 def model_factory(tiny_cfg):
     from detectron2.modeling import build_model
 
-    def make():
-        cfg = tiny_cfg()
+    def make(fmt="pth"):
+        cfg = tiny_cfg(**{"CHECKPOINT.SAVE.FORMAT": fmt})
         return _Built(cfg, build_model(cfg))
 
     return make
 
 
-def _trials(tmp_path, model_factory, n, seed):
+def _trials(tmp_path, model_factory, n, seed, formats=("pth",)):
     rng = random.Random(seed)
     for trial in range(n):
         out = tmp_path / f"trial{trial}"
         out.mkdir()
-        _kill_during_a_save(out, rng, asynchronous=trial % 2 == 1)
-        _check_directory(out, model_factory)
+        fmt = formats[trial % len(formats)]
+        # Sync and async alternate, and so do formats: every pairing comes up.
+        _kill_during_a_save(out, rng, asynchronous=(trial // len(formats)) % 2 == 1, fmt=fmt)
+        _check_directory(out, model_factory, fmt)
 
 
 def test_sigkill_during_saves_few_trials(tmp_path, model_factory):
     _trials(tmp_path, model_factory, n=2, seed=0)
 
 
+def test_sigkill_during_pickle_free_saves(tmp_path, model_factory):
+    _trials(tmp_path, model_factory, n=1, seed=2, formats=("safetensors",))
+
+
 @pytest.mark.slow
 def test_sigkill_during_saves_many_trials(tmp_path, model_factory):
-    _trials(tmp_path, model_factory, n=24, seed=1)
+    _trials(tmp_path, model_factory, n=24, seed=1, formats=("pth", "safetensors"))

@@ -1,8 +1,9 @@
 """A training process for the fault tests, run as ``python -m tests.checkpoint.save.worker``.
 
 Modes:
-    loop OUT: SGD steps on a tiny Faster R-CNN, a checkpoint after every step, forever; prints
-        ``saving N`` before each save so the test can kill it in the middle of one.
+    loop OUT [async] [safetensors]: SGD steps on a tiny Faster R-CNN, a checkpoint after every
+        step, forever; prints ``saving N`` before each save so the test can kill it in the
+        middle of one. ``async`` and ``safetensors`` set CHECKPOINT.SAVE.ASYNC and FORMAT.
     trainer OUT TOY: the real Trainer on a toy dataset with CHECKPOINT.SAVE.ON_SIGNAL SIGUSR1;
         prints ``step N`` after each step.
 """
@@ -19,8 +20,8 @@ from d2_efficient_ckpt.engine import Trainer
 from tests.conftest import tiny_frcnn_cfg, train_on_toy
 
 
-def loop(out: str, asynchronous: bool) -> None:
-    cfg = tiny_frcnn_cfg(**{"CHECKPOINT.SAVE.ASYNC": asynchronous})
+def loop(out: str, asynchronous: bool, fmt: str = "pth") -> None:
+    cfg = tiny_frcnn_cfg(**{"CHECKPOINT.SAVE.ASYNC": asynchronous, "CHECKPOINT.SAVE.FORMAT": fmt})
     torch.manual_seed(0)
     model = build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -57,6 +58,7 @@ def trainer(out: str, toy: str) -> None:
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "loop":
-        loop(out, asynchronous=len(sys.argv) > 3 and sys.argv[3] == "async")
+        flags = sys.argv[3:]
+        loop(out, "async" in flags, "safetensors" if "safetensors" in flags else "pth")
     else:
         trainer(out, sys.argv[3])
