@@ -23,11 +23,11 @@ from d2_efficient_ckpt.checkpoint.errors import (
     UnsafeCheckpointError,
 )
 from d2_efficient_ckpt.checkpoint.io.readers import detect_format, open_checkpoint
+from tests.conftest import REPO
 
 from . import hostile as h
 
 WORKER = os.path.join(os.path.dirname(__file__), "load_worker.py")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_worker(paths, tmp_path, timeout=120):

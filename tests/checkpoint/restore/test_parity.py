@@ -27,7 +27,8 @@ from d2_efficient_ckpt.checkpoint.restore.parity import (
     tied_keys,
 )
 
-from .conftest import assert_same_weights, build_tiny, trained_state
+from ..conftest import assert_same_weights, build_tiny, trained_state
+from ..test_loading import _caffe2_name
 
 
 def stock_load(model, path, **kwargs):
@@ -292,7 +293,6 @@ def test_module_versions_follow_rename_rules(tmp_path):
 def test_caffe2_backbone_without_running_stats_matches_stock(tiny_cfg, tmp_path):
     """Caffe2 ImageNet weights have no running statistics and no module versions: the
     FrozenBatchNorm layers fill them in, and neither loader calls them missing."""
-    from .test_loading import _caffe2_name
 
     frozen = {"MODEL.RESNETS.NORM": "FrozenBN"}  # as in detectron2's ImageNet-backbone configs
     src = build_tiny(tiny_cfg, **frozen)
