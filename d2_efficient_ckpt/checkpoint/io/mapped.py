@@ -239,7 +239,9 @@ class FileReader:
     def __init__(self, mapped: Optional[MappedFile]):
         self.mapped = mapped
         self._fd = -1
-        self._staging: Optional[torch.Tensor] = None
+        # Two reused host buffers (pinned for CUDA) and the copies still reading them.
+        self._staging: List[Optional[torch.Tensor]] = [None, None]
+        self._events: List[Any] = [None, None]
 
     def __enter__(self) -> "FileReader":
         if self.mapped is not None and self.mapped.base_ptr:
@@ -251,10 +253,11 @@ class FileReader:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._drain()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._staging = None
+        self._staging = [None, None]
 
     def _file_bytes(self, src: torch.Tensor) -> Optional[Tuple[int, int]]:
         """File offset and length of ``src``'s elements, if it views the file densely."""
@@ -311,16 +314,33 @@ class FileReader:
             self.read_into(tmp, src)
             dst.copy_(tmp.reshape(dst.shape))
             return
-        # Same dtype, contiguous, on another device: stream through one small host buffer.
+        # Same dtype, contiguous, on another device: stream through two small host buffers.
+        # On CUDA they are pinned and the copies are asynchronous, so reading the next piece
+        # overlaps the transfer of this one; a buffer is reused only after its copy ended.
         flat = dst.view(-1).view(torch.uint8)
-        staging = self._staging_buffer(dst.device)
-        for start in range(0, nbytes, staging.numel()):
-            n = min(staging.numel(), nbytes - start)
-            read_exact(self._fd, offset + start, n, self.mapped.path, into=staging)
-            flat[start : start + n].copy_(staging[:n])
+        cuda = dst.device.type == "cuda"
+        for i, start in enumerate(range(0, nbytes, _STAGING)):
+            n = min(_STAGING, nbytes - start)
+            slot = i % 2
+            buf = self._staging_buffer(slot, cuda)
+            if self._events[slot] is not None:
+                self._events[slot].synchronize()
+                self._events[slot] = None
+            read_exact(self._fd, offset + start, n, self.mapped.path, into=buf)
+            flat[start : start + n].copy_(buf[:n], non_blocking=cuda)
+            if cuda:
+                self._events[slot] = torch.cuda.Event()
+                self._events[slot].record()
+        self._drain()
 
-    def _staging_buffer(self, device: torch.device) -> torch.Tensor:
-        if self._staging is None:
-            pin = device.type == "cuda" and torch.cuda.is_available()
-            self._staging = torch.empty(_STAGING, dtype=torch.uint8, pin_memory=pin)
-        return self._staging
+    def _drain(self) -> None:
+        """Wait for the asynchronous copies out of the staging buffers."""
+        for slot, event in enumerate(self._events):
+            if event is not None:
+                event.synchronize()
+                self._events[slot] = None
+
+    def _staging_buffer(self, slot: int, pinned: bool) -> torch.Tensor:
+        if self._staging[slot] is None:
+            self._staging[slot] = torch.empty(_STAGING, dtype=torch.uint8, pin_memory=pinned)
+        return self._staging[slot]
