@@ -177,7 +177,11 @@ def detect_format(path: str) -> str:
     except OSError as e:
         raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
     if head.startswith(b"PK\x03\x04"):
-        if not zipfile.is_zipfile(path):
+        try:
+            is_zip = zipfile.is_zipfile(path)
+        except zipfile.BadZipFile:  # raised for some damaged end records (e.g. "multi-disk")
+            is_zip = False
+        if not is_zip:
             raise CheckpointFormatError(
                 path,
                 "the torch zip archive is truncated or corrupt (its central directory is missing).",

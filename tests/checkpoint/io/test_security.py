@@ -374,3 +374,16 @@ def test_verify_reports_damage_as_failed_json(tmp_path):
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
     assert not result["ok"] and "compressed" in " ".join(result["problems"])
+
+
+def test_damaged_zip64_locator_is_a_format_error(tmp_path):
+    # Found by the long fuzz run: zipfile raises BadZipFile ("multiple disks") from
+    # is_zipfile itself for a locator that claims two disks.
+    path = str(tmp_path / "m.pth")
+    torch.save({"model": {"w": torch.ones(3)}}, path)
+    data = bytearray(open(path, "rb").read())
+    end = data.rfind(b"PK\x05\x06")
+    data[end:end] = b"PK\x06\x07" + (0).to_bytes(4, "little") + bytes(8) + (2).to_bytes(4, "little")
+    bad = h.raw_file(str(tmp_path / "disks.pth"), bytes(data))
+    rec = run_worker([bad], tmp_path)[bad]
+    assert rec["outcome"] == "CheckpointFormatError" and rec["verify"] == "failed", rec
