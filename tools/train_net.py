@@ -7,9 +7,12 @@ Examples:
     python tools/train_net.py --config-file configs/toy/faster_rcnn_R18_FPN_toy.yaml \
         --eval-only MODEL.WEIGHTS output/toy/model_final.pth
     python tools/train_net.py --num-gpus 8 --config-file configs/faster_rcnn_R50_FPN_custom.yaml
+    python tools/train_net.py --num-gpus 2 --config-file configs/toy/faster_rcnn_R18_FPN_toy.yaml \
+        MODEL.DEVICE cpu   # two processes over gloo
 """
 
 import logging
+import os
 import sys
 
 import detectron2.utils.comm as comm
@@ -87,7 +90,12 @@ def _main_and_cleanup(args):
 def _preflight(args):
     # Config and dataset mistakes surface here, in the launching process, as one clear
     # error line instead of a traceback from inside a spawned worker.
-    prepare_datasets(load_config(args.config_file, args.opts))
+    cfg = load_config(args.config_file, args.opts)
+    prepare_datasets(cfg)
+    if str(cfg.MODEL.DEVICE).startswith("cpu"):
+        # launch() picks NCCL and one GPU per process whenever it sees a GPU; CPU training
+        # wants gloo and any number of processes, so the workers see none.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _launch(args):

@@ -52,7 +52,7 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     A CUDA state saved on a machine with CUDA is restored to the current device; one saved
     without CUDA leaves the CUDA generator as it is, and a note says so.
     """
-    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    torch.set_rng_state(_own_bytes(state["torch"]))
     npst = state["numpy"]
     keys = torch.as_tensor(npst["keys"]).cpu().numpy().astype(np.uint32)
     np.random.set_state(
@@ -67,9 +67,14 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         if cuda is None:
             logger.info("The checkpoint has no CUDA random state; the CUDA generator is kept.")
         else:
-            torch.cuda.set_rng_state(
-                torch.as_tensor(cuda, dtype=torch.uint8).cpu(), torch.cuda.current_device()
-            )
+            torch.cuda.set_rng_state(_own_bytes(cuda), torch.cuda.current_device())
+
+
+def _own_bytes(value: Any) -> torch.Tensor:
+    # A restored tensor may view a larger buffer (the loader packs restored state into one
+    # allocation); torch 2.14's set_rng_state crashes the process (SIGSEGV) on a view with a
+    # storage offset, so it gets a copy of its own.
+    return torch.as_tensor(value, dtype=torch.uint8).cpu().clone()
 
 
 def sample_seed(base_seed: int, rank: int, position: int) -> int:

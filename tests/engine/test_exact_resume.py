@@ -114,6 +114,18 @@ def test_random_states_round_trip_through_a_checkpoint(tmp_path):
     assert got[2] == expected[2]
 
 
+def test_random_state_restored_from_a_view_into_a_larger_buffer():
+    # The loader restores trainer state into one host buffer, so the saved state arrives as
+    # a view with a storage offset (which torch's set_rng_state alone cannot take).
+    state = capture_rng_state()
+    expected = torch.rand(3)
+    buf = torch.zeros(state["torch"].numel() + 64, dtype=torch.uint8)
+    view = buf[64:]
+    view.copy_(state["torch"])
+    restore_rng_state(dict(state, torch=view))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_resume_position_after_a_change_of_world_size():
     saved = [{"position": 10}, {"position": 9}]
     assert resume_position(saved, 2) == 9  # the slower rank decides: nothing is skipped
@@ -162,10 +174,15 @@ def _assert_same_weights(a, b):
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+@pytest.fixture(scope="module")
+def straight(tiny_cfg_module, toy, tmp_path_factory):
+    # One reference for both loader settings: the stream does not depend on the workers.
+    return _run(_cfg(tiny_cfg_module, toy, tmp_path_factory.mktemp("straight"), 0))
+
+
 @pytest.fixture(scope="module", params=[0, 2], ids=["workers0", "workers2"])
-def half_and_straight(request, tiny_cfg_module, toy, tmp_path_factory):
+def half_and_straight(request, straight, tiny_cfg_module, toy, tmp_path_factory):
     workers = request.param
-    straight = _run(_cfg(tiny_cfg_module, toy, tmp_path_factory.mktemp("straight"), workers))
     half_dir = tmp_path_factory.mktemp("half")
     _run(_cfg(tiny_cfg_module, toy, half_dir, workers), stop_at=N // 2)
     return workers, straight, half_dir
