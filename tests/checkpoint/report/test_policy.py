@@ -12,6 +12,7 @@ from d2_efficient_ckpt.checkpoint.report.policy import check_policy, enforce_pol
 from tests.conftest import train_on_toy
 
 PREDICTOR = "roi_heads.box_predictor.*"
+CKPT_LOGGER = "d2_efficient_ckpt.checkpoint.checkpointer"
 
 
 def test_error_names_keys_and_how_to_allow_them(saved, fresh):
@@ -69,7 +70,14 @@ def test_config_drives_the_policy(saved, fresh, tiny_cfg, tmp_path):
     # The report is written before the error, for the user to read.
     assert (tmp_path / "load_report_model_0000009.json").exists()
     cfg.CHECKPOINT.LOAD.ALLOW_MISMATCH = [PREDICTOR]
-    build_checkpointer(cfg, model).load(path)
+    ck = build_checkpointer(cfg, model)
+    ck.load(path)  # the allowed keys pass; every other key was loaded
+    policy = ck.last_report.policy
+    assert not policy["broken"] and not policy["violations"]
+    assert sorted(k for _, k in policy["tolerated"]) == sorted(
+        k for k in model.state_dict() if k.startswith("roi_heads.box_predictor.")
+    )
+    assert len(ck.last_report.loaded) == len(model.state_dict()) - 4
     cfg.CHECKPOINT.LOAD.ON_MISMATCH = "sometimes"
     with pytest.raises(ValueError, match="ON_MISMATCH"):
         build_checkpointer(cfg, model)
@@ -78,11 +86,24 @@ def test_config_drives_the_policy(saved, fresh, tiny_cfg, tmp_path):
 def test_warn_and_ignore_do_not_raise(saved, fresh, caplog):
     path, _, _ = saved
     ck = EfficientDetectionCheckpointer(fresh(**{"MODEL.ROI_HEADS.NUM_CLASSES": 5}))
-    with caplog.at_level(logging.INFO, logger="d2_efficient_ckpt.checkpoint.checkpointer"):
+
+    def warnings_of_the_checkpointer():
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == CKPT_LOGGER and r.levelno == logging.WARNING
+        ]
+
+    with caplog.at_level(logging.INFO, logger=CKPT_LOGGER):
         ck.load(path)
-        assert any(r.levelno == logging.WARNING for r in caplog.records)
+        (warned,) = warnings_of_the_checkpointer()
+        assert "load report" in warned and "shape mismatch" in warned
+        assert "roi_heads.box_predictor" in warned and "3 -> 5 classes" in warned
+        assert len(ck.last_report.policy["violations"]) == 4  # reported, not raised
+        assert not ck.last_report.policy["broken"]
         caplog.clear()
         ck.load(path, on_mismatch="ignore")
+        assert not warnings_of_the_checkpointer()
         assert not any(r.levelno >= logging.WARNING for r in caplog.records)
 
 
