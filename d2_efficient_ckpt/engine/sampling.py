@@ -40,6 +40,10 @@ def resume_position(states: List[Optional[Dict[str, Any]]], world_size: int) -> 
     return min(positions) * len(states) // world_size
 
 
+def _processes(n: int) -> str:
+    return f"{n} process" if int(n) == 1 else f"{n} processes"
+
+
 class SamplingState(HookBase):
     """Saves and restores the loader position and the random states, for an exact resume.
 
@@ -128,7 +132,7 @@ class SamplingState(HookBase):
         else:
             if rank == 0:
                 logger.warning(
-                    f"The checkpoint was saved by {state['world_size']} processes and this run "
+                    f"The checkpoint was saved by {_processes(state['world_size'])} and this run "
                     f"has {world}: training resumes, but the data order cannot be exact (the "
                     "index stream restarts near the saved position; random states start afresh)."
                 )
