@@ -12,7 +12,9 @@ Examples:
 """
 
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 
 import detectron2.utils.comm as comm
@@ -26,6 +28,7 @@ from d2_efficient_ckpt import build_checkpointer
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from d2_efficient_ckpt.engine.save_hooks import PREEMPTED_EXIT_CODE
 from d2_efficient_ckpt.errors import (
     EXIT_BAD_INPUT,
     USER_ERRORS,
@@ -96,6 +99,18 @@ def _preflight(args):
         # launch() picks NCCL and one GPU per process whenever it sees a GPU; CPU training
         # wants gloo and any number of processes, so the workers see none.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    # A preemption signal to this launching process (a container's stop reaches only the
+    # first process) goes on to the workers instead of ending it: they checkpoint and exit
+    # with status 75, and so does this process.
+    for name in cfg.CHECKPOINT.SAVE.ON_SIGNAL:
+        sig = getattr(signal, str(name).upper(), None)
+        if isinstance(sig, signal.Signals):
+            signal.signal(sig, _forward_to_workers)
+
+
+def _forward_to_workers(signum, frame):
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signum)
 
 
 def _launch(args):
@@ -111,6 +126,8 @@ def _launch(args):
     except mp.ProcessExitedException as e:
         if e.exit_code == EXIT_BAD_INPUT:  # a worker stopped on bad input and said why
             sys.exit(EXIT_BAD_INPUT)
+        if e.exit_code == PREEMPTED_EXIT_CODE:  # checkpointed on a signal; --resume continues
+            sys.exit(PREEMPTED_EXIT_CODE)
         raise
 
 
