@@ -1,10 +1,14 @@
 """tools/train_net.py as a user runs it: train, resume, evaluate, and bad input."""
 
+import importlib.util
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
+from detectron2.engine import default_argument_parser
 
 from d2_efficient_ckpt.data import generate_toy_dataset
 from tests.conftest import REPO, tiny_frcnn_cfg
@@ -39,6 +43,42 @@ def _run(*argv):
     )
 
 
+@pytest.fixture(scope="module")
+def train_net():
+    """tools/train_net.py loaded as a module, for the bad-input cases run in this process."""
+    spec = importlib.util.spec_from_file_location("train_net_under_test", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_in_process(train_net, capsys):
+    """Run train_net's command line in this process, as its ``__main__`` block does (one
+    process, no workers): ``(exit code, stdout, stderr)``. The loggers that train_net sets up
+    (no propagation, file handlers) are put back afterwards, for the tests that follow."""
+    names = ("d2_efficient_ckpt", "detectron2", "fvcore")
+    before = {
+        n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names
+    }
+
+    def run(*argv):
+        args = default_argument_parser().parse_args(list(argv))
+        with pytest.raises(SystemExit) as e:
+            train_net.exit_on_user_error(train_net._launch, args)
+        out, err = capsys.readouterr()
+        return e.value.code, out, err
+
+    yield run
+    for name, (handlers, propagate) in before.items():
+        log = logging.getLogger(name)
+        for h in log.handlers:
+            if h not in handlers:
+                log.removeHandler(h)
+                h.close()
+        log.propagate = propagate
+
+
 def test_train_resume_eval_only(toy_config):
     out = os.path.join(os.path.dirname(toy_config), "out")
     r = _run("--config-file", str(toy_config))
@@ -48,6 +88,10 @@ def test_train_resume_eval_only(toy_config):
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert "Training continues at iteration 2 of 3" in log
+    # The resumed run started where the file says: it ran iteration 2 only.
+    final = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert final["iteration"] == 2 and final["trainer"]["iteration"] == 2
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 3
     assert "Loading trainer state" in log
     r = _run(
         "--config-file",
@@ -80,15 +124,18 @@ def test_train_resume_eval_only(toy_config):
         ),
     ],
 )
-def test_bad_input_is_one_clear_error(toy_config, opts, expected):
-    r = _run("--config-file", str(toy_config), *opts)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    assert "error:" in r.stderr and expected in r.stderr
-    assert len([line for line in r.stderr.splitlines() if line.startswith("error:")]) == 1
+def test_bad_input_is_one_clear_error(toy_config, opts, expected, run_in_process, tmp_path):
+    out = str(tmp_path / "out")
+    code, _, err = run_in_process("--config-file", str(toy_config), "OUTPUT_DIR", out, *opts)
+    assert code == 2
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert expected in line
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
 
 
 def test_missing_config_file():
+    # Through the real command line: the exit status and the one error line.
     r = _run("--config-file", "/nonexistent/config.yaml")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "/nonexistent/config.yaml" in r.stderr
