@@ -126,6 +126,27 @@ def test_random_state_restored_from_a_view_into_a_larger_buffer():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_sampling_state_is_stored_without_pickle_and_named_as_its_part():
+    import json
+
+    from d2_efficient_ckpt.checkpoint.restore.parts import TRAINER_PARTS
+    from d2_efficient_ckpt.checkpoint.save.tree_codec import decode, encode
+    from d2_efficient_ckpt.engine.sampling import SamplingState
+
+    # The checkpoint's part for this hook is found by the hook's class name.
+    assert TRAINER_PARTS["sampling"] == (("hooks", SamplingState.__qualname__),)
+    loader = _loader(0, 7, 11)
+    _take(loader, 2)
+    state = {"format": 1, "world_size": 2, "ranks": [None, {"rng": capture_rng_state()}]}
+    state["ranks"][1]["loader"] = loader.state_dict()
+    tensors, skeleton = encode(state)  # the pickle-free format's encoder accepts it whole
+    back = decode(json.loads(json.dumps(skeleton)), tensors.__getitem__)
+    assert back["ranks"][0] is None and back["ranks"][1]["loader"] == loader.state_dict()
+    expected = torch.rand(2)
+    restore_rng_state(back["ranks"][1]["rng"])
+    assert torch.equal(torch.rand(2), expected)
+
+
 def test_resume_position_after_a_change_of_world_size():
     saved = [{"position": 10}, {"position": 9}]
     assert resume_position(saved, 2) == 9  # the slower rank decides: nothing is skipped
