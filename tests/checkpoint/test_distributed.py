@@ -1,8 +1,10 @@
-"""Loading under torch.distributed: two CPU processes over gloo, through detectron2's launch."""
+"""Loading under torch.distributed through detectron2's launch: two CPU processes over gloo
+on any host, and two GPU processes over NCCL where two GPUs are present."""
 
 import json
 import os
 
+import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import launch
@@ -40,7 +42,10 @@ def _worker(path, out_dir):
         dist.destroy_process_group()
 
 
-def test_two_ranks_each_restore(tmp_path):
+def test_two_ranks_each_restore(tmp_path, monkeypatch):
+    # launch() picks NCCL and one GPU per rank whenever the workers see a GPU; hidden from
+    # them, they use gloo on the CPU, so this runs the same on a one-GPU host.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     torch.manual_seed(0)
     model = build_model(tiny_frcnn_cfg())
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -55,3 +60,57 @@ def test_two_ranks_each_restore(tmp_path):
         assert r["same"] and r["momentum"] == len(list(model.parameters()))
         assert r["report"] == {"optimizer": "restored"}
         assert r["map_location"] == "cpu" and r["extra"] == ["iteration"]
+
+
+def _gpu_worker(path, out_dir):
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    try:
+        rank = comm.get_rank()
+        # MAP_LOCATION names GPU 0 for every rank: each must still land on its own device.
+        cfg = tiny_frcnn_cfg(
+            **{"MODEL.DEVICE": f"cuda:{rank}", "CHECKPOINT.LOAD.MAP_LOCATION": "cuda:0"}
+        )
+        torch.manual_seed(100 + rank)
+        model = DistributedDataParallel(build_model(cfg), device_ids=[rank])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ck = build_checkpointer(cfg, model, out_dir, optimizer=opt)
+        ck.load(path)
+        saved = torch.load(path, weights_only=True)
+        sd = model.module.state_dict()
+        momenta = [s["momentum_buffer"] for s in opt.state_dict()["state"].values()]
+        saved_momenta = list(saved["optimizer"]["state"].values())
+        result = {
+            "devices": sorted({str(t.device) for t in [*sd.values(), *momenta]}),
+            "same": all(torch.equal(v.cpu(), saved["model"][k]) for k, v in sd.items()),
+            "same_momentum": len(momenta) == len(saved_momenta)
+            and all(
+                torch.equal(m.cpu(), s["momentum_buffer"]) for m, s in zip(momenta, saved_momenta)
+            ),
+            "map_location": ck.last_report.map_location,
+        }
+        with open(os.path.join(out_dir, f"gpu_rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs 2 GPUs: per-rank CUDA restore not tested"
+)
+def test_two_gpu_ranks_restore_onto_their_own_device(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_frcnn_cfg())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    DetectionCheckpointer(model, str(tmp_path), optimizer=opt).save("model_final", iteration=3)
+    launch(_gpu_worker, 2, dist_url="auto", args=(str(tmp_path / "model_final.pth"), str(tmp_path)))
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"gpu_rank{rank}.json").read_text())
+        assert r["devices"] == [f"cuda:{rank}"], r
+        assert r["same"] and r["same_momentum"]
+        assert r["map_location"] == f"cuda:{rank}"
