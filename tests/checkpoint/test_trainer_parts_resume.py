@@ -32,9 +32,9 @@ def toy(tmp_path_factory):
     return root
 
 
-def _trainer(tiny_cfg, toy, out):
+def _trainer(tiny_cfg, toy, out, **overrides):
     cfg = train_on_toy(
-        tiny_cfg(**{"OUTPUT_DIR": str(out), "SOLVER.AMP.ENABLED": True}), toy, "parts"
+        tiny_cfg(**{"OUTPUT_DIR": str(out), "SOLVER.AMP.ENABLED": True, **overrides}), toy, "parts"
     )
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS = 20, (3,), 2
     prepare_datasets(cfg)
@@ -52,11 +52,20 @@ def _momenta(opt):
     return [opt.state[p]["momentum_buffer"] for g in opt.param_groups for p in g["params"]]
 
 
-def test_amp_scaler_hooks_momentum_and_iteration_come_back(tiny_cfg, toy, tmp_path):
+def _assert_same_momenta(a, b):
+    ma, mb = _momenta(a), _momenta(b)
+    assert len(ma) == len(mb) == sum(len(g["params"]) for g in a.param_groups)
+    for x, y in zip(ma, mb):
+        assert torch.equal(x, y)
+
+
+@pytest.fixture
+def first_run(tiny_cfg, toy, tmp_path):
+    """``(trainer, out)``: a trainer whose every part has non-trivial state, saved at 5."""
     out = tmp_path / "run"
     first, counter = _trainer(tiny_cfg, toy, out)
     # Non-trivial state in every part: one momentum step, a scheduler past its warmup and
-    # first decay, a scaler that backed off and counted growth steps, a hook's history.
+    # first decay, a scaler with its own scale and growth count, a hook's history.
     torch.manual_seed(1)
     for p in first.model.parameters():
         p.grad = torch.randn_like(p)
@@ -70,16 +79,19 @@ def test_amp_scaler_hooks_momentum_and_iteration_come_back(tiny_cfg, toy, tmp_pa
     first.checkpointer.save("model_0000005", iteration=5)
     saved_iter = torch.load(out / "model_0000005.pth", weights_only=True)["iteration"]
     assert saved_iter == 5
+    return first, out
 
+
+def test_amp_scaler_hooks_momentum_and_iteration_come_back(first_run, tiny_cfg, toy):
+    first, out = first_run
+    scaler = first._trainer.grad_scaler
+    saved_iter = torch.load(out / "model_0000005.pth", weights_only=True)["iteration"]
     second, counter2 = _trainer(tiny_cfg, toy, out)
     assert second._trainer.grad_scaler.state_dict()["scale"] == 2.0**16
     second.resume_or_load(resume=True)
 
     assert_same_weights(second.model, first.model)
-    before, after = _momenta(first.optimizer), _momenta(second.optimizer)
-    assert len(before) == len(after) == len(list(first.model.parameters()))
-    for a, b in zip(before, after):
-        assert torch.equal(a, b)
+    _assert_same_momenta(first.optimizer, second.optimizer)
     assert second.iter == saved_iter and second.start_iter == saved_iter + 1
     assert second.scheduler.state_dict() == first.scheduler.state_dict()
     assert second.scheduler.last_epoch == 5
@@ -89,3 +101,17 @@ def test_amp_scaler_hooks_momentum_and_iteration_come_back(tiny_cfg, toy, tmp_pa
     assert counter2.seen == [3, 1, 4]
     parts = second.checkpointer.last_report.checkpointables
     assert parts["trainer.scaler"] == parts["trainer.hooks"] == "restored"
+
+
+def test_only_the_optimizer_restores_momentum_and_starts_at_zero(first_run, tiny_cfg, toy):
+    first, out = first_run
+    only = {"CHECKPOINT.LOAD.CHECKPOINTABLES": ["optimizer"]}
+    second, counter2 = _trainer(tiny_cfg, toy, out, **only)
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 0
+    _assert_same_momenta(first.optimizer, second.optimizer)
+    assert second.scheduler.last_epoch == 0  # not restored: the schedule starts over
+    assert second._trainer.grad_scaler.get_scale() == 2.0**16 and counter2.seen == []
+    parts = second.checkpointer.last_report.checkpointables
+    assert parts["trainer.optimizer"] == "restored"
+    assert parts["trainer.iteration"] == parts["trainer.scaler"] == "skipped"
