@@ -1,6 +1,7 @@
 """--resume with a broken newest checkpoint: it goes back to the last good one, and says so."""
 
 import json
+import logging
 import os
 
 import torch
@@ -35,7 +36,13 @@ def test_truncated_newest_file_falls_back_with_a_warning(make_ckpt, tmp_path, ca
     assert report.path.endswith("model_0000001.pth")
     assert [f for f, _ in report.skipped_files] == ["model_0000002.pth"]
     assert "truncated" in report.skipped_files[0][1]
-    assert "model_0000002.pth" in caplog.text and "Resuming from model_0000001.pth" in caplog.text
+    (warned,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "d2_efficient_ckpt.checkpoint.checkpointer" and r.levelno == logging.WARNING
+    ]
+    assert "model_0000002.pth" in warned and "Resuming from model_0000001.pth" in warned
+    assert "truncated" in warned
     saved = json.load(open(os.path.join(ck.cfg.OUTPUT_DIR, "load_report_model_0000001.json")))
     assert saved["skipped_files"][0][0] == "model_0000002.pth"
 
