@@ -6,9 +6,10 @@ import os
 
 import pytest
 import torch
+from detectron2.utils.file_io import PathManager as D2PathManager
 from iopath.common.file_io import NativePathHandler, PathHandler, PathManager
 
-from d2_efficient_ckpt import build_checkpointer
+from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import UnsafeCheckpointError
 from tests.checkpoint.conftest import assert_same_weights, build_tiny, trained_state
 
@@ -174,3 +175,45 @@ def test_url_loads_the_file_its_handler_gives(
     assert extra.get("matching_heuristics", False) is heuristics
     stem = os.path.splitext(local)[0]
     assert os.path.isfile(os.path.join(ck.cfg.OUTPUT_DIR, f"load_report_{stem}.json"))
+
+
+class _ZooMirror(_LocalMirror):
+    """A mirror of one folder of detectron2's model zoo host, on the global PathManager."""
+
+    PREFIX = "https://dl.fbaipublicfiles.com/detectron2/D2ECTest/"
+
+    def _get_supported_prefixes(self):
+        return [self.PREFIX]
+
+    def _get_local_path(self, path, force=False, **kwargs):
+        self.asked.append(path)
+        return os.path.join(self.root, path[len(self.PREFIX) :])
+
+
+@pytest.fixture
+def zoo_mirror(tmp_path):
+    """A handler on detectron2's global PathManager for a folder no real model lives in;
+    removed afterwards (iopath has no public way to unregister a handler)."""
+    mirror = tmp_path / "zoo"
+    mirror.mkdir()
+    handler = _ZooMirror(str(mirror))
+    D2PathManager.register_handler(handler)
+    yield handler, mirror
+    D2PathManager._path_handlers.pop(_ZooMirror.PREFIX, None)
+
+
+@pytest.mark.parametrize("scheme", ["detectron2://", "https://dl.fbaipublicfiles.com/detectron2/"])
+def test_zoo_url_goes_through_detectrons_path_manager(saved, fresh, zoo_mirror, scheme):
+    # The checkpointer's default PathManager is detectron2's: detectron2:// becomes the zoo
+    # host's https:// URL, which the registered handler serves from the local folder.
+    path, model, _ = saved
+    handler, mirror = zoo_mirror
+    os.replace(path, mirror / "tiny.pth")
+    ours = fresh()
+    ck = EfficientDetectionCheckpointer(ours)
+    assert ck.path_manager is D2PathManager
+    extra = ck.load(f"{scheme}D2ECTest/tiny.pth?matching_heuristics=True")
+    assert handler.asked == [_ZooMirror.PREFIX + "tiny.pth"]
+    assert ck.last_report.path == str(mirror / "tiny.pth")
+    assert extra["matching_heuristics"] is True
+    assert_same_weights(ours, model)
