@@ -115,3 +115,36 @@ def test_only_the_optimizer_restores_momentum_and_starts_at_zero(first_run, tiny
     parts = second.checkpointer.last_report.checkpointables
     assert parts["trainer.optimizer"] == "restored"
     assert parts["trainer.iteration"] == parts["trainer.scaler"] == "skipped"
+
+
+@pytest.mark.parametrize("select_on_resume", [False, True])
+def test_trainer_resume_and_the_key_selection(first_run, tiny_cfg, toy, select_on_resume):
+    first, out = first_run
+    selection = {
+        "CHECKPOINT.LOAD.EXCLUDE": ["roi_heads.*"],
+        "CHECKPOINT.LOAD.RENAME": [["^backbone\\.fpn_", "backbone.fpn_old_"]],
+        "CHECKPOINT.LOAD.SELECT_ON_RESUME": select_on_resume,
+    }
+    second, _ = _trainer(tiny_cfg, toy, out, **selection)
+    built = {k: v.clone() for k, v in second.model.state_dict().items()}
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 6
+    _assert_same_momenta(first.optimizer, second.optimizer)
+    report = second.checkpointer.last_report
+    if not select_on_resume:  # the run's own checkpoint: every key, as saved
+        assert_same_weights(second.model, first.model)
+        assert not report.skipped and not report.missing and not report.unexpected
+        return
+    now, saved = second.model.state_dict(), first.model.state_dict()
+    left = [
+        n
+        for n, _ in second.model.named_parameters()
+        if n.startswith(("roi_heads.", "backbone.fpn_"))
+    ]
+    assert any(k.startswith("roi_heads.") for k in left) and any("fpn_" in k for k in left)
+    for k in left:
+        assert torch.equal(now[k], built[k]) and not torch.equal(now[k], saved[k]), k
+    assert_same_weights(
+        second.model, first.model, [k for k in now if k.startswith("backbone.bottom_up.")]
+    )
+    assert any(k.startswith("backbone.fpn_old_") for k in report.unexpected)
