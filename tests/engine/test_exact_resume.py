@@ -22,7 +22,7 @@ from d2_efficient_ckpt.engine.rng import capture_rng_state, restore_rng_state
 from d2_efficient_ckpt.engine.sampling import resume_position
 from tests.conftest import train_on_toy
 
-N = 6
+N = 4
 
 
 # ---------------------------------------------------------------- loader and random states
@@ -169,7 +169,7 @@ def _cfg(tiny_cfg, toy, out, workers, **overrides):
     cfg.SOLVER.MAX_ITER = N
     cfg.SOLVER.CHECKPOINT_PERIOD = N // 2
     cfg.SOLVER.WARMUP_ITERS = 2
-    cfg.SOLVER.STEPS = (4,)
+    cfg.SOLVER.STEPS = (N - 1,)
     cfg.DATALOADER.NUM_WORKERS = workers
     cfg.OUTPUT_DIR = str(out)
     prepare_datasets(cfg)
@@ -201,12 +201,19 @@ def straight(tiny_cfg_module, toy, tmp_path_factory):
     return _run(_cfg(tiny_cfg_module, toy, tmp_path_factory.mktemp("straight"), 0))
 
 
-@pytest.fixture(scope="module", params=[0, 2], ids=["workers0", "workers2"])
-def half_and_straight(request, straight, tiny_cfg_module, toy, tmp_path_factory):
-    workers = request.param
-    half_dir = tmp_path_factory.mktemp("half")
-    _run(_cfg(tiny_cfg_module, toy, half_dir, workers), stop_at=N // 2)
-    return workers, straight, half_dir
+@pytest.fixture(scope="module")
+def stopped(tiny_cfg_module, toy, tmp_path_factory):
+    """``stopped(workers)``: the output folder of a run stopped after N/2 iterations."""
+    made = {}
+
+    def get(workers):
+        if workers not in made:
+            out = tmp_path_factory.mktemp(f"stopped{workers}")
+            _run(_cfg(tiny_cfg_module, toy, out, workers), stop_at=N // 2)
+            made[workers] = out
+        return made[workers]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +223,10 @@ def tiny_cfg_module():
     return tiny_frcnn_cfg
 
 
-def test_resumed_training_is_bit_identical(half_and_straight, tiny_cfg, toy, tmp_path):
-    workers, straight, half_dir = half_and_straight
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_training_is_bit_identical(workers, straight, stopped, tiny_cfg, toy, tmp_path):
     out = tmp_path / "run"
-    shutil.copytree(half_dir, out)
+    shutil.copytree(stopped(workers), out)
     resumed = _run(_cfg(tiny_cfg, toy, out, workers), resume=True, seed=2)
     assert resumed.start_iter == N // 2
     assert resumed.checkpointer.last_report.checkpointables["trainer.sampling"] == "restored"
@@ -227,11 +234,9 @@ def test_resumed_training_is_bit_identical(half_and_straight, tiny_cfg, toy, tmp
 
 
 def test_checkpoint_without_sampling_state_resumes_with_a_note(
-    half_and_straight, tiny_cfg, toy, tmp_path, caplog
+    stopped, tiny_cfg, toy, tmp_path, caplog
 ):
-    workers, straight, half_dir = half_and_straight
-    if workers:
-        pytest.skip("one loader setting is enough for the old-checkpoint path")
+    workers, half_dir = 0, stopped(0)
     out = tmp_path / "old"
     os.makedirs(out)
     # A checkpoint as written before the sampling state existed (and without a record).
@@ -250,12 +255,10 @@ def test_checkpoint_without_sampling_state_resumes_with_a_note(
     assert trainer.iter == N
 
 
-def test_sampling_left_out_resumes_inexactly(half_and_straight, tiny_cfg, toy, tmp_path):
-    workers, straight, half_dir = half_and_straight
-    if workers:
-        pytest.skip("one loader setting is enough to show the part matters")
+def test_sampling_left_out_resumes_inexactly(straight, stopped, tiny_cfg, toy, tmp_path):
+    workers = 0
     out = tmp_path / "run"
-    shutil.copytree(half_dir, out)
+    shutil.copytree(stopped(workers), out)
     parts = ["optimizer", "scheduler", "iteration", "hooks", "scaler"]
     cfg = _cfg(tiny_cfg, toy, out, workers, **{"CHECKPOINT.LOAD.CHECKPOINTABLES": parts})
     resumed = _run(cfg, resume=True, seed=2)
