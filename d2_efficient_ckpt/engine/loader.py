@@ -158,11 +158,11 @@ class ResumableTrainLoader:
             self.position = position + 1
             bucket = buckets[self._bucket_of(sample)]
             bucket.append((position, index, sample))
-            self._waiting = [[(p, i) for p, i, _ in b] for b in buckets]
             if len(bucket) < self.batch_size:
                 continue
             batch = [s for _, _, s in bucket]
             del bucket[:]
+            # What a checkpoint taken before the next batch must hold back.
             self._waiting = [[(p, i) for p, i, _ in b] for b in buckets]
             yield batch if self.collate_fn is None else self.collate_fn(batch)
 

@@ -127,8 +127,15 @@ class SamplingState(HookBase):
             restore_rng_state(mine["rng"])
             if loader is not None and mine["loader"] is not None:
                 loader.load_state_dict(mine["loader"])
-            exact = "exact" if loader is not None and mine["loader"] is not None else "random"
-            logger.info(f"Restored the sampling state ({exact} data order, random states).")
+                logger.info(
+                    f"Restored the sampling state: the loader continues at position "
+                    f"{loader.position} of its index stream, with the saved random states."
+                )
+            else:
+                logger.info(
+                    "Restored the random states; the training loader's position is not "
+                    "recorded, so its index stream restarts."
+                )
         else:
             if rank == 0:
                 logger.warning(
