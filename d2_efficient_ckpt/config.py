@@ -52,6 +52,8 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ld.setdefault("ON_MISMATCH", "warn")
     # Glob patterns of keys whose incompatibility is tolerated even under ON_MISMATCH "error".
     ld.setdefault("ALLOW_MISMATCH", [])
+    # Several processes: only the main one reads the checkpoint and sends it to the others.
+    ld.setdefault("BROADCAST_FROM_MAIN", False)
 
     if "SAVE" not in ck:
         ck.SAVE = CN()

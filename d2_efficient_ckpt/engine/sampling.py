@@ -89,6 +89,8 @@ class SamplingState(HookBase):
             self.gather()
 
     def state_dict(self) -> Dict[str, Any]:
+        if self._pending is not None:  # restored, not yet applied: it is the state to keep
+            return self._pending
         world = comm.get_world_size()
         if world == 1:
             ranks: List[Optional[Dict[str, Any]]] = [self._local_state()]
