@@ -23,12 +23,17 @@ def same_checkpoint_on_all_ranks(checkpointer) -> None:
     mine = find() if find is not None and checkpointer.has_checkpoint() else ""
     chosen = comm.all_gather(mine)
     wanted = chosen[0]
-    if not wanted:
-        return
-    # A rank lacks it when its own output folder offers no checkpoint or another one, or
+    # A rank differs when its own output folder offers no checkpoint or another one, or
     # when it cannot open the main process's file.
-    seen = comm.all_gather(os.path.isfile(wanted))
+    seen = comm.all_gather(os.path.isfile(wanted) if wanted else True)
     lacking = [r for r, (c, ok) in enumerate(zip(chosen, seen)) if c != wanted or not ok]
+    if lacking and not wanted:
+        raise CheckpointFormatError(
+            chosen[lacking[0]],
+            f"ranks {lacking} would resume from it, but the main process finds no "
+            "checkpoint in its output folder.",
+            "Give every rank the same output folder, or remove the stale checkpoints.",
+        )
     if lacking:
         raise CheckpointFormatError(
             wanted,
