@@ -19,8 +19,8 @@ def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) ->
 
     0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
     The copy is the one write each tensor needs anyway, so nothing stays backed by the file.
-    Host tensors share one :class:`HostArena`, which keeps the page faults of that first
-    write few.
+    Floating-point host tensors share one :class:`HostArena`, which keeps the page faults of
+    that first write few.
 
     Args:
         obj: dicts, lists and tuples of tensors and other values.
@@ -28,7 +28,7 @@ def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) ->
         reader: optional ``prefetch.FileReader``; tensors that view its file are read from
             the file into their destination with length-checked reads.
     """
-    host = [t for t in tensors_in(obj) if t.dim() > 0] if device.type == "cpu" else []
+    host = [t for t in tensors_in(obj) if _in_arena(t)] if device.type == "cpu" else []
     arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
     return _rebuild(obj, device, arena, reader)
 
@@ -45,9 +45,18 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(v)
 
 
+def _in_arena(t: torch.Tensor) -> bool:
+    """Whether a restored host tensor shares the arena: floating-point state only.
+
+    Other tensors get memory of their own: torch's RNG setters crash on a byte tensor that
+    is a view at an offset into a larger buffer, and RNG states are byte tensors.
+    """
+    return t.dim() > 0 and t.is_floating_point()
+
+
 def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        if obj.dim() > 0 and arena is not None and device.type == "cpu":
+        if _in_arena(obj) and arena is not None and device.type == "cpu":
             out = arena.empty_like(obj)
         else:
             dev = torch.device("cpu") if obj.dim() == 0 else device

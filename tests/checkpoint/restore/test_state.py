@@ -1,0 +1,40 @@
+"""Restored non-model state: float state shares one arena, other tensors own their memory."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from d2_efficient_ckpt.checkpoint.restore.state import materialize
+from tests.conftest import REPO
+
+_SET_RNG = r"""
+import torch
+from d2_efficient_ckpt.checkpoint.restore.state import materialize
+state = {"m": torch.randn(1000), "rng": torch.get_rng_state(), "b": torch.randn(7)}
+out = materialize(state, torch.device("cpu"))
+torch.set_rng_state(out["rng"])  # crashes on a byte view at an offset into a shared buffer
+print("OK", torch.equal(out["rng"], state["rng"]))
+"""
+
+
+def test_float_state_shares_one_buffer_and_byte_tensors_do_not():
+    state = {"a": torch.randn(100), "b": torch.randn(3, 3).half(), "rng": torch.get_rng_state()}
+    out = materialize(state, torch.device("cpu"))
+    assert all(torch.equal(out[k], state[k]) for k in state)
+    a, b, rng = (out[k].untyped_storage().data_ptr() for k in ("a", "b", "rng"))
+    assert a == b  # one arena
+    assert rng not in (a, b) and out["rng"].storage_offset() == 0
+
+
+def test_restored_rng_state_can_be_set():
+    proc = subprocess.run(
+        [sys.executable, "-c", _SET_RNG],
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"status {proc.returncode}: {proc.stderr[-1000:]}"
+    assert "OK True" in proc.stdout
