@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import torch
 from tqdm import tqdm
 
+from ..errors import CheckpointError
 from .readers import _SAFETENSORS_DTYPES
 from .tensors import as_tensor, dtype_of, shape_of
 
@@ -106,14 +107,18 @@ def write_safetensors(
         The size of the file in bytes.
 
     Raises:
-        ValueError: a dtype safetensors cannot store, or a tensor whose shape changed.
+        CheckpointError: a dtype safetensors cannot store, or a tensor whose shape changed
+            while it was written (both are bad input for the tools, with a fix).
     """
     entries = list(entries)
     header: Dict[str, Any] = {}
     offset = 0
     for e in entries:
         if e.dtype not in _CODES:
-            raise ValueError(f"safetensors cannot store {e.key} of dtype {e.dtype}.")
+            raise CheckpointError(
+                f"Cannot write {path}: safetensors cannot store '{e.key}' of dtype {e.dtype}. "
+                "Write a .pth file instead, or leave the key out."
+            )
         header[e.key] = {
             "dtype": _CODES[e.dtype],
             "shape": list(e.shape),
@@ -131,7 +136,10 @@ def write_safetensors(
             for e in entries:
                 t = e.fetch().to(e.dtype).contiguous()
                 if tuple(t.shape) != e.shape:
-                    raise ValueError(f"{e.key} changed shape while writing: {tuple(t.shape)}.")
+                    raise CheckpointError(
+                        f"Cannot write {path}: '{e.key}' changed shape while it was written "
+                        f"({tuple(t.shape)}); the input file changed. Run the command again."
+                    )
                 data = t.reshape(-1).view(torch.uint8).numpy()
                 f.write(memoryview(data))
                 bar.update(data.nbytes)
