@@ -95,24 +95,7 @@ class LoadOptions:
 
 
 def _pairs(rules: Sequence[Sequence[str]]) -> Tuple[Tuple[str, str], ...]:
-    out = []
-    for rule in rules:
-        if len(rule) != 2:
-            raise CheckpointConfigError(
-                f"CHECKPOINT.LOAD.RENAME entries must be [regex, replacement] pairs; got {rule!r}. "
-                "Example: RENAME: [['^backbone\\.bottom_up\\.', 'backbone.']]"
-            )
-        try:
-            re.compile(rule[0])
-        except re.error as e:
-            raise CheckpointConfigError(
-                f"CHECKPOINT.LOAD.RENAME regex {rule[0]!r} is invalid: {e}"
-            ) from None
-        out.append((str(rule[0]), str(rule[1])))
-    return tuple(out)
-
-
-def _pairs(rules: Sequence[Sequence[str]]) -> Tuple[Tuple[str, str], ...]:
+    """RENAME rules as ``(regex, replacement)`` pairs, each checked."""
     out = []
     for rule in rules:
         if len(rule) != 2:
