@@ -321,7 +321,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
     def _match_names(self, state: Any, model_sd: Dict[str, Any], author: Any) -> Dict[str, Any]:
         # detectron2's name-matching heuristics need every tensor; zoo files are small.
         with FileReader(self._load_state.mapping) as reader:
-            full = {k: _read_value(reader, v) for k, v in state.items()}
+            full = {k: reader.read(v) for k, v in state.items()}
         return align_and_update_state_dicts(model_sd, full, c2_conversion=author == "Caffe2")
 
     def _plan(self, state: Any, model_sd: Dict[str, Any]) -> KeyPlan:
@@ -499,11 +499,6 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         if self.last_report is None:
             return False
         return self.last_report.checkpointables.get("trainer.iteration") == "restored"
-
-
-def _read_value(reader: FileReader, value: Any) -> torch.Tensor:
-    """A checkpoint value as a tensor in fresh memory (read from the file when lazy)."""
-    return reader.read(value) if isinstance(value, torch.Tensor) else as_tensor(value)
 
 
 def _record_plan(report: LoadReport, plan: KeyPlan) -> None:

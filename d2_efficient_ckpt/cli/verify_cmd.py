@@ -15,13 +15,12 @@ from ..checkpoint.io.readers import (
     detect_format,
     open_checkpoint,
 )
-from ..checkpoint.io.tensors import as_tensor
 from ..checkpoint.io.torch_zip import corrupt_records
 from ..checkpoint.io.training_tree import is_training_metadata
 from ..checkpoint.io.writers import byte_progress
 from ..checkpoint.restore.state import tensors_in
 from ..checkpoint.save import IntegrityError, check_full
-from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, model_state, show_progress
+from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, show_progress
 
 EXAMPLES = """\
   python -m d2_efficient_ckpt verify output/model_final.pth
@@ -73,8 +72,7 @@ def _tensor_problems(opened: OpenedCheckpoint, state: Mapping, progress: bool) -
     bad = []
     with opened.reader() as reader:  # length-checked reads, as load() does
         for key in tqdm(list(state), desc="reading", unit="tensor", disable=not progress):
-            value = state[key]
-            t = reader.read(value) if isinstance(value, torch.Tensor) else as_tensor(value)
+            t = reader.read(state[key])
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad.append(key)
     if bad:
@@ -138,7 +136,7 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
     try:
         opened = open_checkpoint(path, mmap=True, weights_only=True)
         result["format"] = opened.format
-        state, _ = model_state(opened)
+        state, _ = opened.split_model()  # read below through one checked reader
     except CheckpointError as e:
         problems.append(str(e))
         return finish()
