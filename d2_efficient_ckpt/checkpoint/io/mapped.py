@@ -147,7 +147,7 @@ class MappedFile:
             os.close(fd)
 
     def span(self, t: torch.Tensor) -> Optional[Tuple[int, int]]:
-        """``(file offset, bytes)`` of a contiguous tensor that views this mapping, else None."""
+        """``(file offset, bytes)`` of the storage behind a tensor that views this mapping."""
         if not self.base_ptr or not isinstance(t, torch.Tensor) or t.device.type != "cpu":
             return None
         start = t.untyped_storage().data_ptr() - self.base_ptr
@@ -156,20 +156,26 @@ class MappedFile:
             return None
         return start, n
 
+    def tensor_bytes(self, t: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """``(file offset, bytes)`` of a contiguous tensor's own elements in the file.
+
+        Only the tensor's bytes, not its storage's: safetensors values are views of one
+        storage that spans the whole file.
+        """
+        span = self.span(t) if isinstance(t, torch.Tensor) and t.is_contiguous() else None
+        if span is None:
+            return None
+        return span[0] + t.storage_offset() * t.element_size(), t.numel() * t.element_size()
+
     def ranges(self, tensors: Iterable[torch.Tensor]) -> List[Tuple[int, int]]:
         """Merged ``(offset, length)`` file ranges of the tensors that view this mapping."""
         spans = []
         for t in tensors:
-            span = self.span(t)
+            # A contiguous tensor's own bytes, as FileReader reads them; else its storage.
+            span = self.tensor_bytes(t) or self.span(t)
             if span is None or not span[1]:
                 continue
-            if t.is_contiguous():
-                # Only the tensor's own bytes, as FileReader reads them: safetensors values
-                # are views of one storage that spans the whole file.
-                start = span[0] + t.storage_offset() * t.element_size()
-                spans.append((start, start + t.numel() * t.element_size()))
-            else:
-                spans.append((span[0], span[0] + span[1]))
+            spans.append((span[0], span[0] + span[1]))
         spans.sort()
         merged: List[List[int]] = []
         for a, b in spans:
@@ -261,13 +267,9 @@ class FileReader:
 
     def _file_bytes(self, src: torch.Tensor) -> Optional[Tuple[int, int]]:
         """File offset and length of ``src``'s elements, if it views the file densely."""
-        if self._fd < 0 or not src.is_contiguous():
+        if self._fd < 0:
             return None
-        span = self.mapped.span(src)
-        if span is None:
-            return None
-        offset = span[0] + src.storage_offset() * src.element_size()
-        return offset, src.numel() * src.element_size()
+        return self.mapped.tensor_bytes(src)
 
     def read(self, src: Any) -> torch.Tensor:
         """A fresh CPU tensor with ``src``'s values (and dtype and shape).
