@@ -61,7 +61,9 @@ def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as compact UTF-8 JSON, atomically.
 
     The lists of a top-level dict are encoded in chunks, so a dataset of millions of
-    annotations never exists as one string in memory.
+    annotations never exists as one string in memory; a value with a ``json_chunks()``
+    method (e.g. :class:`~d2_efficient_ckpt.data.box_table.CheckedBoxes`) is written as
+    the list of the json object texts it yields, comma-separated.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -83,7 +85,13 @@ def _write(tmp: str, obj: Any) -> None:
             f.write("{")
             for k, (key, value) in enumerate(obj.items()):
                 f.write(("," if k else "") + _dumps(key) + ":")
-                if isinstance(value, list) and len(value) > _CHUNK:
+                if hasattr(value, "json_chunks"):
+                    # A compact sequence that writes its own json (boxes held as arrays).
+                    f.write("[")
+                    for k, part in enumerate(value.json_chunks()):
+                        f.write(("," if k and part else "") + part)
+                    f.write("]")
+                elif isinstance(value, list) and len(value) > _CHUNK:
                     f.write("[")
                     for start in range(0, len(value), _CHUNK):
                         part = _dumps(value[start : start + _CHUNK])[1:-1]

@@ -63,7 +63,9 @@ def check_records(
         name: the dataset name, quoted in the report.
         data: COCO-shaped dict from a format reader (modified in place). Images may lack
             ``width``/``height`` (read from the file), annotations may carry ``yolo_box``
-            (normalized center, width, height) instead of ``bbox``.
+            (normalized center, width, height) instead of ``bbox``, or come as a
+            ``box_table`` (:class:`~d2_efficient_ckpt.data.box_table.BoxTable`), which
+            becomes the checked ``annotations``.
         image_root: folder that relative ``file_name`` values are relative to.
         source: the annotation file (or folder) the records came from, for messages.
         options: what to check and how to repair.
@@ -86,6 +88,14 @@ def check_records(
         name, data, image_root, options.check_sizes, options.workers, add
     )
     changed = changed or images_changed
+    table = data.pop("box_table", None)
+    if table is not None:
+        # Boxes held as arrays (YOLO): the rows every check below passes unchanged skip the
+        # loop; the others join it as ordinary annotations.
+        data["annotations"] = table.split(images, categories)
+        n_source = len(table)
+    else:
+        n_source = len(data["annotations"])
 
     # -- annotations -------------------------------------------------------------------------
     outside_action = "clipped" if options.box_outside == "clip" else "dropped"
@@ -237,7 +247,9 @@ def check_records(
         if not ann.get("iscrowd", 0):
             n_annotated[img["id"]] = n_annotated.get(img["id"], 0) + 1
 
-    dropped = len(kept_anns) != len(data["annotations"]) or len(images) != len(data["images"])
+    if table is not None:
+        kept_anns = table.merge(kept_anns, n_annotated)
+    dropped = len(kept_anns) != n_source or len(images) != len(data["images"])
     changed = changed or renumber or dropped
     data["images"] = list(images.values())
     data["annotations"] = kept_anns
@@ -267,15 +279,19 @@ def check_records(
         new_ids = {img_id: k for k, img_id in enumerate(images, 1)}
         for img in data["images"]:
             img["id"] = new_ids[img["id"]]
-        for ann in kept_anns:
-            ann["image_id"] = new_ids[ann["image_id"]]
+        if table is not None:
+            kept_anns.renumber_images(new_ids)
+        else:
+            for ann in kept_anns:
+                ann["image_id"] = new_ids[ann["image_id"]]
         renumber = True
-    if len({type(ann.get("id")) for ann in kept_anns}) > 1:
+    if table is None and len({type(ann.get("id")) for ann in kept_anns}) > 1:
         renumber = True  # integer and string ids together: keep the evaluator's json simple
     if renumber:
         changed = True
-        for k, ann in enumerate(kept_anns, 1):
-            ann["id"] = k
+        if table is None:  # a table's boxes are numbered from 1 already
+            for k, ann in enumerate(kept_anns, 1):
+                ann["id"] = k
     thing_classes = [categories[k] for k in sorted(categories)]
     summary = {
         "images": len(data["images"]),

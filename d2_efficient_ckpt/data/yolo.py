@@ -12,18 +12,18 @@ background image, as in Ultralytics. ``LABEL_ROOT`` defaults to ``IMAGE_ROOT`` w
 ``images`` path component replaced by ``labels``.
 """
 
-import math
 import os
-import stat
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from .box_table import BoxTable
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset
 from .report import ERROR, WARNING, ValidationReport
 from .sources import check_dir, check_file, header, read_text
 from .voc import check_names
+from .yolo_labels import label_path, read_labels
 
 __all__ = ["YOLO", "default_label_root"]
 
@@ -132,65 +132,6 @@ def _orphan_labels(label_root: str, rels: List[str]) -> List[str]:
     return orphans
 
 
-def _label_path(label_root: str, rel: str) -> str:
-    # String operations: this runs once per image of sets with 100,000s of images.
-    dot = rel.rfind(".")
-    return f"{label_root}{os.sep}{rel[:dot] if dot > rel.rfind(os.sep) else rel}.txt"
-
-
-def _parse_boxes(text: str, num_classes: int) -> Optional[List[Tuple[int, int, List[float]]]]:
-    """All lines of a label file of plain 'class cx cy w h' lines at once, or None.
-
-    The fast path for the common case; None (any other layout, any bad value) sends the
-    file through :func:`_parse_line`, which says what is wrong with which line.
-    """
-    lines = text.splitlines()
-    tokens = text.split()
-    if len(tokens) != 5 * sum(1 for line in lines if line.strip()):
-        return None
-    try:
-        values = list(map(float, tokens))
-    except ValueError:
-        return None
-    if not math.isfinite(sum(values)):
-        return None
-    out = []
-    k = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if len(line.split()) != 5:
-            return None
-        cls = values[k]
-        if cls != int(cls) or not 0 <= cls < num_classes:
-            return None
-        out.append((lineno, int(cls), values[k + 1 : k + 5]))
-        k += 5
-    return out
-
-
-def _parse_line(line: str, num_classes: int) -> Tuple[Any, Any, str]:
-    """(class index, normalized cxcywh, "") or (None, None, why the line is unusable)."""
-    parts = line.split()
-    try:
-        values = list(map(float, parts))
-    except ValueError:
-        return None, None, "not numbers"
-    if not math.isfinite(sum(values)):
-        return None, None, "not finite numbers"
-    cls = values[0]
-    if cls != int(cls) or not 0 <= cls < num_classes:
-        return None, None, f"class {parts[0]} is not in 0..{num_classes - 1}"
-    coords = values[1:]
-    if len(coords) == 4:
-        return int(cls), coords, ""
-    if len(coords) >= 6 and len(coords) % 2 == 0:  # a polygon: its bounds are the box
-        xs, ys = coords[0::2], coords[1::2]
-        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-        return int(cls), [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], ""
-    return None, None, f"{len(parts)} values (expected 'class cx cy w h' or a polygon)"
-
-
 @DATASET_FORMAT_REGISTRY.register()
 class YOLO(DatasetFormat):
     """Ultralytics layout; keys ``IMAGE_ROOT``, ``LABEL_ROOT``, ``NAMES`` or ``DATA_YAML`` +
@@ -249,7 +190,7 @@ class YOLO(DatasetFormat):
         return (
             files
             + [os.path.join(image_root, r) for r in rels]
-            + [_label_path(label_root, r) for r in rels]
+            + [label_path(label_root, r) for r in rels]
         )
 
     @classmethod
@@ -269,62 +210,43 @@ class YOLO(DatasetFormat):
                 f"{header(name)}: IMAGE_ROOT '{image_root}' holds no images "
                 f"({', '.join(IMAGE_EXTENSIONS)}). Point IMAGE_ROOT at the images' folder."
             )
-        images: List[Dict[str, Any]] = []
-        annotations: List[Dict[str, Any]] = []
-        for rel in rels:
-            label = _label_path(label_root, rel)
-            record = label[len(label_root) + 1 :]  # relative to LABEL_ROOT, for messages
-            text, why = _read_label(name, label)
-            if why:
+        labels = read_labels(name, label_root, rels, len(names))
+        for _, lineno, message in labels.problems:
+            if lineno == 0:
                 report.add(
                     name,
                     ERROR,
                     "label files that are not regular files or not text",
                     "make each label file a UTF-8 text file, one 'class cx cy w h' per line.",
-                    f"{record}: {why}",
+                    message,
                     action="image dropped",
                     source=label_root,
                 )
-                continue
-            images.append({"id": rel, "file_name": rel, "width": None, "height": None})
-            fast = _parse_boxes(text, len(names))
-            if fast is not None:
-                annotations.extend(
-                    {
-                        "id": f"{record}:{lineno}",
-                        "image_id": rel,
-                        "category_id": cls_idx,
-                        "yolo_box": box,
-                        "iscrowd": 0,
-                    }
-                    for lineno, cls_idx, box in fast
+            else:
+                report.add(
+                    name,
+                    ERROR,
+                    "malformed label lines",
+                    f"write each line as 'class cx cy w h' with class in 0..{len(names) - 1} "
+                    "and coordinates normalized to 0..1.",
+                    message,
+                    action="dropped",
+                    source=label_root,
                 )
-                continue
-            for lineno, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                cls_idx, box, why = _parse_line(line, len(names))
-                if box is None:
-                    report.add(
-                        name,
-                        ERROR,
-                        "malformed label lines",
-                        f"write each line as 'class cx cy w h' with class in 0..{len(names) - 1} "
-                        "and coordinates normalized to 0..1.",
-                        f"{record}:{lineno}: {line.strip()[:60]!r} ({why})",
-                        action="dropped",
-                        source=label_root,
-                    )
-                    continue
-                annotations.append(
-                    {
-                        "id": f"{record}:{lineno}",
-                        "image_id": rel,
-                        "category_id": cls_idx,
-                        "yolo_box": box,
-                        "iscrowd": 0,
-                    }
-                )
+        images = [
+            {"id": rel, "file_name": rel, "width": None, "height": None}
+            for rel, usable in zip(rels, labels.usable)
+            if usable
+        ]
+        # Boxes stay arrays until the shared checks have the image sizes.
+        table = BoxTable(
+            rels,
+            labels.records,
+            labels.image_index,
+            labels.lineno,
+            labels.category,
+            labels.boxes,
+        )
         orphans = _orphan_labels(label_root, rels)
         if orphans and os.path.realpath(label_root) != os.path.realpath(image_root):
             p = report.add(
@@ -341,25 +263,9 @@ class YOLO(DatasetFormat):
             p.count = len(orphans)
         data = {
             "images": images,
-            "annotations": annotations,
+            "annotations": [],
+            "box_table": table,
             "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
             "renumber": True,
         }
         return RawDataset(data, image_root, label_root)
-
-
-def _read_label(name: str, path: str) -> Tuple[str, str]:
-    """(text, "") of a label file, ("", "") when there is none, or ("", why it is unusable)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "", ""  # a background image, as in Ultralytics
-    except OSError as e:
-        return "", f"cannot stat ({e.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        # Checked before opening: reading a FIFO blocks forever.
-        return "", "not a regular file (a directory, FIFO or device)"
-    try:
-        return read_text(name, "LABEL_ROOT", path)[0], ""
-    except DatasetValidationError as e:
-        return "", str(e).split(": ", 1)[-1].split(" Re-save")[0]
