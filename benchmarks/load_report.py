@@ -12,7 +12,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["median_table", "plot", "references_table", "targets_table", "text_report"]
+__all__ = [
+    "median_table",
+    "plot",
+    "references_table",
+    "sequential_read_table",
+    "targets_table",
+    "text_report",
+]
 
 MB = 1e6
 _CLASS_NAME = {"stock": "DetectionCheckpointer", "ours": "EfficientDetectionCheckpointer"}
@@ -93,6 +100,30 @@ def references_table(result: Dict[str, Any], fmt: str = "simple") -> str:
     )
 
 
+def sequential_read_table(result: Dict[str, Any], fmt: str = "simple") -> str:
+    """The cold sequential reads: the disk's floor for the bytes each case needs."""
+    labels = {"file": "the whole file (resume)", "model": "the model's bytes (weights only)"}
+    rows = []
+    for what, r in result.get("sequential_read", {}).items():
+        rows.append(
+            [
+                labels.get(what, what),
+                r["repeats"],
+                f"{r['bytes'] / MB:.0f}",
+                f"{r['time_s'] * 1e3:.0f}",
+                f"{r['time_min_s'] * 1e3:.0f}-{r['time_max_s'] * 1e3:.0f}",
+                f"{r['GBps']:.2f}",
+                f"{r['sys_s']:.2f}",
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=["cold sequential read of", "n", "MB", "median ms", "min-max ms", "GB/s", "sys s"],
+        tablefmt=fmt,
+        disable_numparse=True,
+    )
+
+
 def targets_table(result: Dict[str, Any], fmt: str = "simple") -> str:
     """Each target with its measured value, limit, stock's value and PASS/FAIL."""
     rows = []
@@ -128,6 +159,9 @@ def text_report(result: Dict[str, Any], fmt: str = "simple") -> str:
         f"detectron2 {m.get('detectron2')}",
         f"checkpoint: {ck['file_bytes'] / MB:.1f} MB (model {ck['model_state_bytes'] / MB:.1f} MB, "
         f"optimizer state {ck['optimizer_state_bytes'] / MB:.1f} MB)",
+        "disk reads capped at {} MB/s".format(result["throttle_read_MBps"])
+        if result.get("throttle_read_MBps")
+        else "disk: as it is (no read cap)",
         "eviction: {} (residency after evict {})".format(
             "works" if ev["works"] else "DOES NOT WORK",
             "n/a"
@@ -140,6 +174,8 @@ def text_report(result: Dict[str, Any], fmt: str = "simple") -> str:
         median_table(result, fmt),
         "",
         references_table(result, fmt),
+        "",
+        sequential_read_table(result, fmt) if result.get("sequential_read") else "",
         "",
         tabulate(
             [[k, f"{v:.3f}"] for k, v in result["ratios"].items()],
