@@ -32,6 +32,7 @@ from .keys.selection import KeySelector
 from .options import LoadOptions
 from .report.load_report import LoadReport
 from .report.policy import check_policy, enforce_policy
+from .restore.arena import HostArena
 from .restore.device import resolve_map_location
 from .restore.model import copy_into_model
 from .restore.parity import (
@@ -63,6 +64,8 @@ class _Load:
         mapping: the mapped file its tensors view, for prefetching and checked reads.
         model_shapes: the model's key shapes, for the explanations.
         checkpoint_keys: the checkpoint's model keys as stored, for the explanations.
+        arena: host memory for the restored checkpointables, faulted in while the model
+            loads.
     """
 
     options: LoadOptions
@@ -71,6 +74,7 @@ class _Load:
     mapping: Optional[MappedFile] = None
     model_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     checkpoint_keys: List[str] = field(default_factory=list)
+    arena: Optional[HostArena] = None
 
 
 @CHECKPOINTER_REGISTRY.register()
@@ -344,8 +348,13 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         if leaves_keys_out:
             mapping.read_only_what_is_used()
         mapping.prefetch(to_copy.values())
-        # The entries a resume restores next are read from disk while the model copies.
-        mapping.prefetch(self._wanted_entry_tensors(checkpoint))
+        # The entries a resume restores next are read from disk, and the host memory they go
+        # to is faulted in, while the model copies.
+        entries = self._wanted_entry_tensors(checkpoint)
+        mapping.prefetch(entries)
+        device = resolve_map_location(self._load_state.options.map_location, self.model)
+        if device.type == "cpu":
+            self._load_state.arena = HostArena.for_tensors(entries, prefault=True)
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
         """Explain, then log (main process only), then enforce the policy (every rank).
@@ -491,7 +500,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         if device.type != "cpu":
             mapping.prefetch(tensors_in(state))  # staged reads to the device
         with mapping.reader() as reader:
-            return materialize(state, device, reader)
+            return materialize(state, device, reader, self._load_state.arena)
 
     @property
     def restored_iteration(self) -> bool:

@@ -12,9 +12,16 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["MADV_RANDOM", "evict_from_page_cache", "madvise", "page_cache_residency"]
+__all__ = [
+    "MADV_POPULATE_WRITE",
+    "MADV_RANDOM",
+    "evict_from_page_cache",
+    "madvise",
+    "page_cache_residency",
+]
 
 MADV_RANDOM = 1  # no read-around: only the pages touched (or announced) are read
+MADV_POPULATE_WRITE = 23  # fault pages in, writable, without writing them (Linux 5.14+)
 _PAGE = mmap.PAGESIZE
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _libc: Optional[ctypes.CDLL] = None

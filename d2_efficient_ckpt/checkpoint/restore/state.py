@@ -9,12 +9,17 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .arena import HostArena
+from .arena import HostArena, shares_arena
 
 __all__ = ["materialize", "tensors_in"]
 
 
-def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) -> Any:
+def materialize(
+    obj: Any,
+    device: torch.device,
+    reader: Optional[Any] = None,
+    arena: Optional[HostArena] = None,
+) -> Any:
     """Copy every tensor in a nested structure into fresh memory on ``device``.
 
     0-dim tensors (such as Adam's ``step``) stay on the CPU, where optimizers expect them.
@@ -27,9 +32,11 @@ def materialize(obj: Any, device: torch.device, reader: Optional[Any] = None) ->
         device: where non-scalar tensors go.
         reader: optional ``prefetch.FileReader``; tensors that view its file are read from
             the file into their destination with length-checked reads.
+        arena: the arena to carve host tensors from, made (and perhaps prefaulted) by the
+            caller ahead of time; by default one is made here.
     """
-    host = [t for t in tensors_in(obj) if _in_arena(t)] if device.type == "cpu" else []
-    arena = HostArena(sum(HostArena.footprint(t) for t in host)) if host else None
+    if device.type == "cpu" and arena is None:
+        arena = HostArena.for_tensors(tensors_in(obj))
     return _rebuild(obj, device, arena, reader)
 
 
@@ -45,18 +52,9 @@ def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(v)
 
 
-def _in_arena(t: torch.Tensor) -> bool:
-    """Whether a restored host tensor shares the arena: floating-point state only.
-
-    Other tensors get memory of their own: torch's RNG setters crash on a byte tensor that
-    is a view at an offset into a larger buffer, and RNG states are byte tensors.
-    """
-    return t.dim() > 0 and t.is_floating_point()
-
-
 def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader: Any) -> Any:
     if isinstance(obj, torch.Tensor):
-        if _in_arena(obj) and arena is not None and device.type == "cpu":
+        if shares_arena(obj) and arena is not None and device.type == "cpu":
             out = arena.empty_like(obj)
         else:
             dev = torch.device("cpu") if obj.dim() == 0 else device

@@ -6,11 +6,13 @@ import sys
 
 import torch
 
+from d2_efficient_ckpt.checkpoint.restore.arena import HostArena
 from d2_efficient_ckpt.checkpoint.restore.state import materialize
 from tests.conftest import REPO
 
 _SET_RNG = r"""
 import torch
+from d2_efficient_ckpt.checkpoint.restore.arena import HostArena
 from d2_efficient_ckpt.checkpoint.restore.state import materialize
 state = {"m": torch.randn(1000), "rng": torch.get_rng_state(), "b": torch.randn(7)}
 out = materialize(state, torch.device("cpu"))
@@ -38,3 +40,17 @@ def test_restored_rng_state_can_be_set():
     )
     assert proc.returncode == 0, f"status {proc.returncode}: {proc.stderr[-1000:]}"
     assert "OK True" in proc.stdout
+
+
+def test_prefaulted_arena_made_ahead_holds_the_state_and_grows_past_its_plan():
+    # The checkpointer sizes the arena from the saved state before the model loads, and
+    # faults its pages in from a background thread meanwhile.
+    planned = {"m": torch.randn(3 << 20), "v": torch.randn(5, 7)}  # 12 MB: prefaulted
+    arena = HostArena.for_tensors(planned.values(), prefault=True)
+    state = {**planned, "extra": torch.randn(11), "step": torch.tensor(3.0)}
+    out = materialize(state, torch.device("cpu"), arena=arena)
+    assert all(torch.equal(out[k], state[k]) for k in state)
+    m, v, extra = (out[k].untyped_storage().data_ptr() for k in ("m", "v", "extra"))
+    assert m == v  # the planned tensors share the arena
+    assert extra != m  # a tensor past the plan gets its own memory
+    assert out["step"].dim() == 0 and out["step"].untyped_storage().data_ptr() != m
