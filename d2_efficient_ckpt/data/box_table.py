@@ -12,14 +12,18 @@ annotation dicts for whoever iterates it, and writes itself as COCO json in chun
 """
 
 import json
-from typing import Any, Dict, Iterator, List, Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
+
+from .parallel import map_chunks
 
 __all__ = ["BoxTable", "CheckedBoxes"]
 
 # Rows formatted per string when writing json: bounds the size of each string.
 _JSON_ROWS = 20000
+# Below this many rows the json is formatted in this process.
+_JSON_MIN = 50000
 
 
 class BoxTable:
@@ -122,7 +126,9 @@ class BoxTable:
             )
         return out
 
-    def merge(self, kept: Sequence[Dict[str, Any]], n_annotated: Dict[Any, int]) -> "CheckedBoxes":
+    def merge(
+        self, kept: Sequence[Dict[str, Any]], n_annotated: Dict[Any, int], workers: int = 0
+    ) -> "CheckedBoxes":
         """The clean rows and the ``kept`` annotation dicts of :meth:`split`, in row order.
 
         Args:
@@ -130,6 +136,7 @@ class BoxTable:
                 :meth:`split` (bbox and area set, possibly clipped).
             n_annotated: boxes per image id, counted by the per-annotation checks; the clean
                 rows are added to it.
+            workers: worker processes for writing the json (0: automatic, 1: none).
 
         Returns:
             The checked boxes, image ids as in :attr:`image_ids`, ids numbered from 1.
@@ -149,7 +156,9 @@ class BoxTable:
         for k in np.flatnonzero(counts).tolist():
             img_id = self.image_ids[k]
             n_annotated[img_id] = n_annotated.get(img_id, 0) + int(counts[k])
-        return CheckedBoxes(list(self.image_ids), image_index, self.category[rows], xywh, area)
+        return CheckedBoxes(
+            list(self.image_ids), image_index, self.category[rows], xywh, area, workers
+        )
 
 
 class CheckedBoxes:
@@ -166,12 +175,15 @@ class CheckedBoxes:
         category: np.ndarray,
         xywh: np.ndarray,
         area: np.ndarray,
+        workers: int = 0,
     ) -> None:
         self.image_ids = image_ids
         self.image_index = image_index
         self.category = category
         self.xywh = xywh
         self.area = area
+        #: Worker processes for :meth:`json_chunks` (0: automatic, 1: none).
+        self.workers = workers
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -206,14 +218,39 @@ class CheckedBoxes:
         """The boxes as the comma-separated json objects of a COCO ``annotations`` list.
 
         The text is what ``json.dumps`` writes for the dicts of :meth:`__iter__` (floats by
-        ``repr``, no spaces), in pieces of at most ``_JSON_ROWS`` objects.
+        ``repr``, no spaces), in pieces of at most ``_JSON_ROWS`` objects. Formatting
+        millions of floats is most of the time the json takes, so large tables are
+        formatted in :attr:`workers` worker processes.
         """
         ids = [str(i) if type(i) is int else json.dumps(i) for i in self.image_ids]
-        for start in range(0, len(self), _JSON_ROWS):
-            yield ",".join(
-                [
-                    f'{{"id":{i},"image_id":{img},"category_id":{c},"iscrowd":0,"bbox":'
-                    f'[{x!r},{y!r},{w!r},{h!r}],"area":{a!r}}}'
-                    for i, img, c, (x, y, w, h), a in self._rows(start, start + _JSON_ROWS, ids)
-                ]
+        starts = range(0, len(self), _JSON_ROWS)
+        tasks = [
+            (
+                start + 1,
+                [ids[k] for k in self.image_index[start : start + _JSON_ROWS].tolist()],
+                self.category[start : start + _JSON_ROWS],
+                self.xywh[start : start + _JSON_ROWS],
+                self.area[start : start + _JSON_ROWS],
             )
+            for start in starts
+        ]
+        sizes = [len(task[2]) for task in tasks]
+        yield from map_chunks(_format_rows, tasks, sizes, self.workers, parallel_min=_JSON_MIN)
+
+
+def _format_rows(task: Tuple[int, List[str], np.ndarray, np.ndarray, np.ndarray]) -> str:
+    """json text of one chunk of boxes (runs in a worker process)."""
+    first, ids, category, xywh, area = task
+    return ",".join(
+        [
+            f'{{"id":{i},"image_id":{img},"category_id":{c},"iscrowd":0,"bbox":'
+            f'[{x!r},{y!r},{w!r},{h!r}],"area":{a!r}}}'
+            for i, img, c, (x, y, w, h), a in zip(
+                range(first, first + len(ids)),
+                ids,
+                category.tolist(),
+                xywh.tolist(),
+                area.tolist(),
+            )
+        ]
+    )

@@ -98,7 +98,9 @@ def check_images(
 
     Args:
         name: the dataset name.
-        data: the COCO-shaped dict (its image records are modified in place).
+        data: the COCO-shaped dict (its image records are modified in place). An optional
+            ``image_infos`` entry, ``{image id: ImageInfo}``, holds headers already read;
+            it is removed.
         image_root: folder that relative ``file_name`` values are relative to.
         check_sizes: read every header (False: only images without a size; the others are
             only checked to be regular files).
@@ -162,11 +164,16 @@ def check_images(
 
     kept = list(images.values())
     need = [img for img in kept if check_sizes or not img.get("width")]
-    infos = read_image_infos(
-        [os.path.join(image_root, img["file_name"]) for img in need],
-        workers=workers,
-        desc=f"checking images of {name}",
+    # Headers a format reader already read along with its own files.
+    known = data.pop("image_infos", None) or {}
+    unread = iter(
+        read_image_infos(
+            [os.path.join(image_root, img["file_name"]) for img in need if img["id"] not in known],
+            workers=workers,
+            desc=f"checking images of {name}",
+        )
     )
+    infos = [known[img["id"]] if img["id"] in known else next(unread) for img in need]
     missing_fix = (
         f"restore the files under IMAGE_ROOT '{image_root}', or remove those images from the "
         "annotations."

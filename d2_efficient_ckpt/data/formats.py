@@ -43,9 +43,11 @@ entry's spec:
 * ``source_files(name, spec: dict) -> list | None``: every file the records are read from
   (annotations, labels, images), found without parsing anything, so that an unchanged
   dataset is recognised from ``os.stat`` alone; ``None`` when that needs parsing (COCO).
-* ``read(name, spec: dict, report) -> RawDataset``: read the files into COCO-shaped records
-  (``images``, ``annotations``, ``categories``). Images may lack ``width``/``height`` and
-  annotations may carry ``yolo_box`` instead of ``bbox``; the shared checks fill them in.
+* ``read(name, spec: dict, report, workers=0) -> RawDataset``: read the files into
+  COCO-shaped records (``images``, ``annotations``, ``categories``). Images may lack
+  ``width``/``height`` and annotations may carry ``yolo_box`` instead of ``bbox`` (or come
+  as a ``box_table``); the shared checks fill them in. ``workers`` is
+  ``DATASETS.VALIDATION_WORKERS``, for formats that read many files in worker processes.
   Raise :class:`DatasetValidationError` when nothing can be read; add per-record problems
   to ``report``. Must not register anything.
 
@@ -160,13 +162,16 @@ class DatasetFormat:
         return None
 
     @classmethod
-    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
+    def read(
+        cls, name: str, spec: Dict[str, Any], report: ValidationReport, workers: int = 0
+    ) -> RawDataset:
         """Read the records; see ``DATASET_FORMAT_REGISTRY``.
 
         Args:
             name: the dataset name.
             spec: the output of :meth:`normalize`.
             report: where per-record problems go.
+            workers: worker processes for reading many files (0: automatic).
 
         Returns:
             COCO-shaped records.
@@ -190,7 +195,9 @@ class COCO(DatasetFormat):
     WRITES_JSON = False
 
     @classmethod
-    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
+    def read(
+        cls, name: str, spec: Dict[str, Any], report: ValidationReport, workers: int = 0
+    ) -> RawDataset:
         """See :meth:`DatasetFormat.read`."""
         ann_file, image_root = spec["ANN_FILE"], spec["IMAGE_ROOT"]
         data, note = read_coco_json(name, ann_file)

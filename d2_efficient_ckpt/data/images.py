@@ -11,15 +11,14 @@ before anything opens it.
 """
 
 import logging
-import multiprocessing
 import os
 import stat
 import struct
-from concurrent.futures import ProcessPoolExecutor
 from typing import List, NamedTuple, Optional, Sequence
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+
+from .parallel import PARALLEL_MIN, map_chunks
 
 __all__ = ["ImageInfo", "read_image_info", "read_image_infos"]
 
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 _EXIF_ORIENTATION = 274
 # Below this many images the process pool costs more than it saves.
-_PARALLEL_MIN = 4000
+_PARALLEL_MIN = PARALLEL_MIN
 _CHUNK = 500
 # The last bytes of a file, where the JPEG/PNG end marker must be.
 _TAIL = 32
@@ -227,21 +226,16 @@ def read_image_infos(paths: Sequence[str], workers: int = 0, desc: str = "") -> 
     Returns:
         One :class:`ImageInfo` per path, in order.
     """
-    n = len(paths)
-    if workers <= 0:
-        workers = min(8, os.cpu_count() or 1)
-    show = n >= _PARALLEL_MIN
-    if multiprocessing.current_process().daemon:
-        workers = 1  # a daemonic process may not start children
-    if workers == 1 or n < _PARALLEL_MIN:
-        return [read_image_info(p) for p in tqdm(paths, desc=desc, disable=not show)]
-    chunks = [paths[i : i + _CHUNK] for i in range(0, n, _CHUNK)]
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     out: List[ImageInfo] = []
-    with (
-        ProcessPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=n, desc=desc, unit="img") as bar,
+    for result in map_chunks(
+        _read_chunk,
+        chunks,
+        [len(c) for c in chunks],
+        workers,
+        desc,
+        unit="img",
+        parallel_min=_PARALLEL_MIN,
     ):
-        for result in pool.map(_read_chunk, chunks):
-            out.extend(result)
-            bar.update(len(result))
+        out.extend(result)
     return out

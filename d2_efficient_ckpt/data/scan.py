@@ -131,7 +131,7 @@ def _scan(
             return _scanned_from_meta(name, meta), None
 
     own = ValidationReport()
-    raw = fmt.read(name, spec, own)
+    raw = fmt.read(name, spec, own, workers=options.workers)
     source_ids = raw.data.pop("source_ids", None)
     result = check_records(name, raw.data, raw.image_root, raw.source, options, own)
     source_ids = source_ids or {k: k for k in result.id_map}

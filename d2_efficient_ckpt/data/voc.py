@@ -131,7 +131,9 @@ class VOC(DatasetFormat):
         ]
 
     @classmethod
-    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
+    def read(
+        cls, name: str, spec: Dict[str, Any], report: ValidationReport, workers: int = 0
+    ) -> RawDataset:
         """See :meth:`DatasetFormat.read`."""
         root = spec["ROOT"]
         ids = cls._ids(name, spec)

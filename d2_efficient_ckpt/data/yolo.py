@@ -194,8 +194,10 @@ class YOLO(DatasetFormat):
         )
 
     @classmethod
-    def read(cls, name: str, spec: Dict[str, Any], report: ValidationReport) -> RawDataset:
-        """See :meth:`DatasetFormat.read`."""
+    def read(
+        cls, name: str, spec: Dict[str, Any], report: ValidationReport, workers: int = 0
+    ) -> RawDataset:
+        """See :meth:`DatasetFormat.read`; also reads every image's header, in the same pass."""
         image_root, label_root, names = _resolve(name, spec)
         check_dir(name, "IMAGE_ROOT", image_root, "the folder of the images")
         if not os.path.isdir(label_root):
@@ -210,7 +212,7 @@ class YOLO(DatasetFormat):
                 f"{header(name)}: IMAGE_ROOT '{image_root}' holds no images "
                 f"({', '.join(IMAGE_EXTENSIONS)}). Point IMAGE_ROOT at the images' folder."
             )
-        labels = read_labels(name, label_root, rels, len(names))
+        labels = read_labels(name, image_root, label_root, rels, len(names), workers)
         for _, lineno, message in labels.problems:
             if lineno == 0:
                 report.add(
@@ -265,6 +267,7 @@ class YOLO(DatasetFormat):
             "images": images,
             "annotations": [],
             "box_table": table,
+            "image_infos": {img["id"]: info for img, info in zip(images, labels.infos)},
             "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
             "renumber": True,
         }

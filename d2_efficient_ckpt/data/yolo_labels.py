@@ -13,21 +13,25 @@ import math
 import os
 import re
 import stat
-from typing import Any, List, NamedTuple, Sequence, Tuple
+import warnings
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import DatasetValidationError
+from .images import ImageInfo, read_image_info
+from .parallel import map_chunks
 from .sources import read_text
 
 __all__ = ["Labels", "label_path", "parse_line", "read_labels"]
 
 # Label files per parsing chunk: bounds the token list held at once.
 _CHUNK = 2000
-# A file of lines of exactly five whitespace-separated fields, '\n' or '\r\n' line ends, no
-# blank lines: its n-th line is the n-th group of five fields. Any other text takes the
-# line-by-line path.
-_FIELDS5 = r"[ \t]*\S+(?:[ \t]+\S+){4}[ \t]*"
+# A file of lines of exactly five fields of number characters, '\n' or '\r\n' line ends, no
+# blank lines: its n-th line is the n-th group of five numbers. Any other text (letters
+# such as "nan", other separators, blank lines) takes the line-by-line path.
+_FIELD = r"[-+.0-9eE]+"
+_FIELDS5 = rf"[ \t]*{_FIELD}(?:[ \t]+{_FIELD}){{4}}[ \t]*"
 _FIVE_FIELD_LINES = re.compile(rf"(?:{_FIELDS5}\r?\n)*(?:{_FIELDS5})?")
 # Values no larger than this cannot overflow in the sums of the finiteness tests.
 _HUGE = 1e300
@@ -50,6 +54,8 @@ class Labels(NamedTuple):
     lineno: np.ndarray
     category: np.ndarray
     boxes: np.ndarray
+    #: The header of each image whose label file is usable, in image order.
+    infos: List[ImageInfo]
 
 
 def label_path(label_root: str, rel: str) -> str:
@@ -124,11 +130,36 @@ def _parse_slow(k: int, text: str, num_classes: int, record: str, out: list, pro
             out.append((k, lineno, cls_idx, *box))
 
 
+def _numbers(text: str, expected: int) -> Optional[np.ndarray]:
+    """The ``expected`` numbers of whitespace-separated fields of ``[-+.0-9eE]``, or None.
+
+    NumPy's text parser is Python's own ``float`` parsing, minus the per-field objects. A
+    field it cannot read whole stops it early (one that is two numbers, like ``1-2``, stops
+    it as well, for want of a separator), so exactly ``expected`` numbers mean every field
+    was one number, the one ``float`` reads.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # NumPy < 2.3 warns, then stops
+        try:
+            values = np.fromstring(text, dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    return values if len(values) == expected else None
+
+
 def _parse_chunk(
-    items: Sequence[Tuple[int, str]], num_classes: int, records: Sequence[str], problems: list
+    items: Sequence[Tuple[int, str]],
+    num_classes: int,
+    records: Sequence[str],
+    problems: list,
+    start: int,
 ) -> List[np.ndarray]:
-    """Rows ``(image index, line, class, cx, cy, w, h)`` of the label texts ``items``."""
-    tokens: List[str] = []
+    """Rows ``(image index, line, class, cx, cy, w, h)`` of the label texts ``items``.
+
+    ``items`` are ``(k, text)`` of the chunk's k-th image, named ``records[k]``; image
+    indices in the rows and ``problems`` are ``start + k``.
+    """
+    texts: List[str] = []
     fast: List[Tuple[int, int, str]] = []  # (image index, lines, text)
     slow: List[Tuple[int, str]] = []
     for k, text in items:
@@ -137,15 +168,10 @@ def _parse_chunk(
         if _FIVE_FIELD_LINES.fullmatch(text) is None:
             slow.append((k, text))
             continue
-        parts = text.split()
-        if len(parts) % 5:
-            slow.append((k, text))
-            continue
-        tokens += parts
-        fast.append((k, len(parts) // 5, text))
-    try:
-        values = np.array(list(map(float, tokens)), dtype=np.float64)
-    except ValueError:
+        texts.append(text)
+        fast.append((k, text.count("\n") + (not text.endswith("\n")), text))
+    values = _numbers(" ".join(texts), 5 * sum(n for _, n, _ in fast))
+    if values is None:
         # Some file has a field that is no number: find which, file by file.
         kept, values_list = [], []
         for k, n, text in fast:
@@ -176,42 +202,77 @@ def _parse_chunk(
         slow += [(k, text) for k, _, text in fast if k in bad]
         keep = ~np.isin(image_index, np.fromiter(bad, dtype=np.int64))
         table, image_index, lineno = table[keep], image_index[keep], lineno[keep]
-    rows = [np.column_stack([image_index, lineno, table])]
+    rows = [np.column_stack([image_index + start, lineno, table])]
     if slow:
         extra: List[tuple] = []
         for k, text in sorted(slow, key=lambda item: item[0]):
-            _parse_slow(k, text, num_classes, records[k], extra, problems)
+            _parse_slow(start + k, text, num_classes, records[k], extra, problems)
         if extra:
             rows.append(np.array(extra, dtype=np.float64).reshape(-1, 7))
     return rows
 
 
-def read_labels(name: str, label_root: str, rels: Sequence[str], num_classes: int) -> Labels:
-    """Read and parse the label file of every image; see the module docstring.
-
-    Args:
-        name: the dataset name (for messages of :func:`read_text`).
-        label_root: the label folder.
-        rels: image paths relative to IMAGE_ROOT.
-        num_classes: classes are ``0 .. num_classes - 1``.
-
-    Returns:
-        The boxes, and the unusable files and malformed lines, in image and line order.
-    """
+def _read_chunk(task: Tuple[str, str, str, Sequence[str], int, int]) -> tuple:
+    """Label files and image headers of one chunk of images (runs in a worker process)."""
+    name, image_root, label_root, rels, start, num_classes = task
     records = [label_path(label_root, rel)[len(label_root) + 1 :] for rel in rels]
     usable = [True] * len(rels)
     problems: List[Tuple[int, int, str]] = []
+    items = []
+    infos = []
+    for k, (rel, record) in enumerate(zip(rels, records)):
+        text, why = read_label(name, f"{label_root}{os.sep}{record}")
+        if why:
+            usable[k] = False
+            problems.append((start + k, 0, f"{record}: {why}"))
+            continue
+        items.append((k, text))
+        # The header now, while the folder entries are fresh: the checks need every size.
+        infos.append(read_image_info(f"{image_root}{os.sep}{rel}"))
+    rows = _parse_chunk(items, num_classes, records, problems, start)
+    return records, usable, problems, rows, infos
+
+
+def read_labels(
+    name: str,
+    image_root: str,
+    label_root: str,
+    rels: Sequence[str],
+    num_classes: int,
+    workers: int = 0,
+) -> Labels:
+    """Read and parse the label file and the image header of every image.
+
+    See the module docstring; files are read in worker processes when there are many
+    (:func:`~d2_efficient_ckpt.data.parallel.map_chunks`).
+
+    Args:
+        name: the dataset name (for messages of :func:`read_text`).
+        image_root: the image folder.
+        label_root: the label folder.
+        rels: image paths relative to IMAGE_ROOT.
+        num_classes: classes are ``0 .. num_classes - 1``.
+        workers: worker processes; 0 picks ``min(8, cpu count)``, 1 reads here.
+
+    Returns:
+        The boxes, the unusable files and malformed lines in image and line order, and the
+        header of each image with a usable label file.
+    """
+    starts = range(0, len(rels), _CHUNK)
+    tasks = [(name, image_root, label_root, rels[i : i + _CHUNK], i, num_classes) for i in starts]
+    records: List[str] = []
+    usable: List[bool] = []
+    problems: List[Tuple[int, int, str]] = []
     rows: List[np.ndarray] = []
-    for start in range(0, len(rels), _CHUNK):
-        items = []
-        for k in range(start, min(start + _CHUNK, len(rels))):
-            text, why = read_label(name, f"{label_root}{os.sep}{records[k]}")
-            if why:
-                usable[k] = False
-                problems.append((k, 0, f"{records[k]}: {why}"))
-            else:
-                items.append((k, text))
-        rows += _parse_chunk(items, num_classes, records, problems)
+    infos: List[ImageInfo] = []
+    sizes = [len(task[3]) for task in tasks]
+    desc = f"reading labels and images of {name}"
+    for result in map_chunks(_read_chunk, tasks, sizes, workers, desc, unit="img"):
+        records += result[0]
+        usable += result[1]
+        problems += result[2]
+        rows += result[3]
+        infos += result[4]
     table = np.concatenate(rows) if rows else np.zeros((0, 7))
     # Rows of a chunk come fast files first; boxes are kept in file and line order.
     order = np.lexsort((table[:, 1], table[:, 0]))
@@ -226,4 +287,5 @@ def read_labels(name: str, label_root: str, rels: Sequence[str], num_classes: in
         table[:, 1].astype(np.int64),
         table[:, 2].astype(np.int64),
         np.ascontiguousarray(table[:, 3:]),
+        infos,
     )
