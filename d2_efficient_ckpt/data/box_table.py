@@ -241,15 +241,21 @@ class CheckedBoxes:
 def _format_rows(task: Tuple[int, List[str], np.ndarray, np.ndarray, np.ndarray]) -> str:
     """json text of one chunk of boxes (runs in a worker process)."""
     first, ids, category, xywh, area = task
+    # One flat list of floats: a list per box would be 20,000 objects for the garbage
+    # collector to track per chunk; floats are not tracked.
+    flat = iter(xywh.ravel().tolist())
     return ",".join(
         [
             f'{{"id":{i},"image_id":{img},"category_id":{c},"iscrowd":0,"bbox":'
             f'[{x!r},{y!r},{w!r},{h!r}],"area":{a!r}}}'
-            for i, img, c, (x, y, w, h), a in zip(
+            for i, img, c, x, y, w, h, a in zip(
                 range(first, first + len(ids)),
                 ids,
                 category.tolist(),
-                xywh.tolist(),
+                flat,
+                flat,
+                flat,
+                flat,
                 area.tolist(),
             )
         ]
