@@ -105,20 +105,27 @@ def sequential_read_table(result: Dict[str, Any], fmt: str = "simple") -> str:
     labels = {"file": "the whole file (resume)", "model": "the model's bytes (weights only)"}
     rows = []
     for what, r in result.get("sequential_read", {}).items():
-        rows.append(
-            [
-                labels.get(what, what),
-                r["repeats"],
-                f"{r['bytes'] / MB:.0f}",
-                f"{r['time_s'] * 1e3:.0f}",
-                f"{r['time_min_s'] * 1e3:.0f}-{r['time_max_s'] * 1e3:.0f}",
-                f"{r['GBps']:.2f}",
-                f"{r['sys_s']:.2f}",
-            ]
-        )
+        for method in ("buffered", "direct"):
+            m = r.get(method)
+            if m is None:
+                continue
+            rows.append(
+                [
+                    labels.get(what, what),
+                    "O_DIRECT" if method == "direct" else "buffered",
+                    r["repeats"],
+                    f"{r['bytes'] / MB:.0f}",
+                    f"{m['time_s'] * 1e3:.0f}",
+                    f"{m['time_min_s'] * 1e3:.0f}-{m['time_max_s'] * 1e3:.0f}",
+                    f"{m['GBps']:.2f}",
+                    f"{m['sys_s']:.2f}",
+                    "floor" if r["method"] == method else "",
+                ]
+            )
+    headers = ["cold sequential read of", "how", "n", "MB", "median ms", "min-max ms", "GB/s"]
     return tabulate(
         rows,
-        headers=["cold sequential read of", "n", "MB", "median ms", "min-max ms", "GB/s", "sys s"],
+        headers=headers + ["sys s", ""],
         tablefmt=fmt,
         disable_numparse=True,
     )
