@@ -118,9 +118,9 @@ def _list_images(image_root: str) -> List[str]:
     return found
 
 
-def _orphan_labels(label_root: str, rels: List[str]) -> List[str]:
-    """Label files (relative to ``label_root``) that belong to no listed image."""
-    expected = {os.path.splitext(r)[0] + ".txt" for r in rels}
+def _orphan_labels(label_root: str, records: List[str]) -> List[str]:
+    """Label files (relative to ``label_root``) other than the ``records`` of the images."""
+    expected = set(records)
     orphans = []
     for dirpath, dirnames, filenames in os.walk(label_root):
         dirnames.sort()
@@ -249,7 +249,7 @@ class YOLO(DatasetFormat):
             labels.category,
             labels.boxes,
         )
-        orphans = _orphan_labels(label_root, rels)
+        orphans = _orphan_labels(label_root, labels.records)
         if orphans and os.path.realpath(label_root) != os.path.realpath(image_root):
             p = report.add(
                 name,
