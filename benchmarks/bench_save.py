@@ -12,11 +12,25 @@ by side in one process. Figures:
                synthetic images) with a checkpoint every K iterations, against the same
                run without checkpoints (target: async within 5%).
 
-Run from the repository root (about 3 minutes on a 2-core CPU):
+The training runs (none, stock, async, and with ``--with-sync`` ours synchronous) take turns
+in each of ``--train-repeats`` rounds, each after an ``os.sync()`` (so that no run pays for
+the writeback of the previous run's unsynced files), and the figures are medians over the
+rounds: on a shared machine one iteration now and then takes several times its usual time.
+
+The default period, a checkpoint every 10 iterations (about 6 s of training on 2 CPU cores),
+is still far more frequent than real use (detectron2's configs save every 5000 iterations,
+minutes to hours), so the overhead it measures is an upper bound. A period of a few
+iterations would mostly measure how many saves fit in the run rather than what one costs.
+The run has 35 iterations: checkpoints after 10, 20 and 30, then 5 more iterations, as in
+the middle of a long run, and the final ``wait()`` for the last write is timed too. A run
+that ends exactly at a checkpoint pays that save's whole write once more (a cost per run,
+not per period); ``--iters 30`` measures that case.
+
+Run from the repository root (about 4 minutes on a quiet 2-core CPU):
 
     python benchmarks/bench_save.py
     python benchmarks/bench_save.py --device cuda:0      # model and optimizer on a GPU
-    python benchmarks/bench_save.py --iters 12 --every 4 --repeats 3 --with-sync
+    python benchmarks/bench_save.py --iters 35 --every 10 --train-repeats 3 --with-sync
 
 Results go to ``<out-dir>/save_<device>.json`` and ``save_<device>.png``.
 """
@@ -29,7 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -53,8 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N'")
     p.add_argument("--repeats", type=int, default=5, help="saves per class for 'blocked'")
-    p.add_argument("--iters", type=int, default=8, help="training iterations per run")
-    p.add_argument("--every", type=int, default=4, help="checkpoint period in iterations")
+    p.add_argument("--iters", type=int, default=35, help="training iterations per run")
+    p.add_argument("--every", type=int, default=10, help="checkpoint period in iterations")
+    p.add_argument(
+        "--train-repeats", type=int, default=3, help="rounds of training runs (median taken)"
+    )
     p.add_argument("--size", type=int, default=128, help="synthetic image side in pixels")
     p.add_argument("--with-sync", action="store_true", help="also train with sync saves")
     p.add_argument("--dir", default=None, help="where checkpoints go (default: a temp dir)")
@@ -159,8 +176,9 @@ def synthetic_batch(device: str, size: int, n: int = 2) -> List[Dict[str, Any]]:
     return batch
 
 
-def train_run(model, opt, batch, iters: int, every: int, save) -> float:
-    """Wall time of ``iters`` training steps, calling ``save(it)`` every ``every`` steps."""
+def train_run(model, opt, batch, iters: int, every: int, save) -> Tuple[float, float]:
+    """Wall time of ``iters`` training steps, calling ``save(it)`` every ``every`` steps, up
+    to the end of the final ``save.wait()``; and the seconds of that final wait."""
     model.train()
     start = time.perf_counter()
     with EventStorage(0):  # detectron2's losses log into it
@@ -171,11 +189,13 @@ def train_run(model, opt, batch, iters: int, every: int, save) -> float:
             opt.zero_grad(set_to_none=False)
             if save is not None and (it + 1) % every == 0:
                 save(it)
+    waited = time.perf_counter()
     if save is not None and hasattr(save, "wait"):
         save.wait()
     if model.pixel_mean.is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - waited
 
 
 class _Saver:
@@ -188,11 +208,13 @@ class _Saver:
         self.ck.save(f"model_{it:07d}", iteration=it)
 
 
-def training(cfg, model, opt, directory: str, args) -> Dict[str, float]:
-    """Wall times of the same training with no, stock, sync and async checkpoints."""
+def training(cfg, model, opt, directory: str, args) -> Dict[str, Any]:
+    """Wall times of the same training with no, stock, (sync) and async checkpoints.
+
+    The variants take turns in each round; each run starts after ``os.sync()``.
+    """
     batch = synthetic_batch(args.device, args.size)
     train_run(model, opt, batch, 2, 0, None)  # warm-up: allocator, autograd graph
-    out: Dict[str, float] = {}
     makers = {
         "none": lambda: None,
         "stock": lambda: _Saver(
@@ -202,10 +224,21 @@ def training(cfg, model, opt, directory: str, args) -> Dict[str, float]:
     }
     if args.with_sync:
         makers["sync"] = lambda: _Saver(_ours(cfg, model, opt, _fresh(directory, "t_sync"), False))
-    for name, make in makers.items():
-        out[name] = train_run(model, opt, batch, args.iters, args.every, make())
-        print(f"  training with {name:5s} checkpoints: {out[name]:.2f} s", flush=True)
-    return out
+    runs: Dict[str, List[float]] = {k: [] for k in makers}
+    final_wait: Dict[str, List[float]] = {k: [] for k in makers}
+    for r in range(args.train_repeats):
+        for name, make in makers.items():
+            save = make()
+            os.sync()
+            wall, waited = train_run(model, opt, batch, args.iters, args.every, save)
+            runs[name].append(wall)
+            final_wait[name].append(waited)
+            print(
+                f"  round {r + 1}: training with {name:5s} checkpoints: {wall:.2f} s"
+                + (f" (final wait {waited:.2f} s)" if name in ("async", "sync") else ""),
+                flush=True,
+            )
+    return {"runs": runs, "final_wait": final_wait}
 
 
 def _fresh(directory: str, name: str) -> str:
@@ -222,9 +255,15 @@ def _ours(cfg, model, opt, directory: str, asynchronous: bool):
     return EfficientDetectionCheckpointer(model, directory, cfg=c, optimizer=opt)
 
 
+def train_medians(res: Dict[str, Any]) -> Dict[str, float]:
+    """Median wall time of each training variant over the rounds."""
+    return {k: statistics.median(v) for k, v in res["training"]["runs"].items()}
+
+
 def report(res: Dict[str, Any]) -> str:
     """Markdown tables of the result, with ratios and target verdicts."""
-    b, t = res["blocked"], res["training"]
+    b, t = res["blocked"], train_medians(res)
+    runs, waits = res["training"]["runs"], res["training"]["final_wait"]
     med = {k: statistics.median(b[k]) for k in ("stock", "sync", "async")}
     dur = {k: statistics.median(b[f"{k}_durable"]) for k in ("sync", "async")}
     size, bw = b["size"], res["disk_bytes_per_s"]
@@ -249,15 +288,20 @@ def report(res: Dict[str, Any]) -> str:
         f"(allocates the {b['snapshot_bytes'] / 1e6:.0f} MB snapshot buffers once): "
         f"{b['async_first']:.3f} s.",
         "",
-        f"| {res['iters']} training iterations, checkpoint every {res['every']} | wall time "
-        "| overhead vs none |",
-        "| --- | --- | --- |",
+        f"| {res['iters']} training iterations, checkpoint every {res['every']} "
+        f"| wall time, median of {len(runs['none'])} | per round (s) | overhead vs none |",
+        "| --- | --- | --- | --- |",
     ]
     for k in t:
         over = t[k] / t["none"] - 1
-        lines.append(f"| {k} | {t[k]:.2f} s | {over * 100:+.1f}% |")
+        each = ", ".join(f"{x:.2f}" for x in runs[k])
+        lines.append(f"| {k} | {t[k]:.2f} s | {each} | {over * 100:+.1f}% |")
     over_async = t["async"] / t["none"] - 1
+    paired = statistics.median(a / n - 1 for a, n in zip(runs["async"], runs["none"]))
     lines += [
+        "",
+        f"Median of the per-round overheads async/none: {paired * 100:+.1f}%. Final wait() "
+        f"for the last async write: median {statistics.median(waits['async']):.2f} s.",
         "",
         f"blocked async/stock = {ratio:.3f} (target <= {TARGETS['blocked_async_vs_stock']}): "
         f"{'PASS' if ratio <= TARGETS['blocked_async_vs_stock'] else 'FAIL'}",
@@ -275,7 +319,7 @@ def plot(res: Dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b, t = res["blocked"], res["training"]
+    b, t = res["blocked"], train_medians(res)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     names = ["stock", "sync", "async"]
     vals = [statistics.median(b[k]) for k in names]
@@ -288,7 +332,7 @@ def plot(res: Dict[str, Any], path: str) -> None:
     vals = [t[k] for k in names]
     colors = {"none": "#cccccc", "stock": "#999999", "sync": "#4c72b0", "async": "#55a868"}
     ax2.bar(names, vals, color=[colors[k] for k in names])
-    ax2.set_title(f"{res['iters']} iterations, checkpoint every {res['every']} (s)")
+    ax2.set_title(f"{res['iters']} iterations, checkpoint every {res['every']} (s, median)")
     for i, v in enumerate(vals):
         ax2.text(i, v, f"{v:.1f}", ha="center", va="bottom")
     fig.tight_layout()

@@ -4,7 +4,14 @@ At most one job runs at a time: :meth:`AsyncWriter.submit` first waits for the j
 An exception raised by a job is kept and raised in the caller's thread by the next
 :meth:`submit`, :meth:`wait` or :meth:`raise_if_failed`, so a failed save is never lost.
 The thread is not a daemon: an interpreter that exits normally still finishes the write.
-It runs at a lower CPU priority (nice +10) than the training loop.
+
+Priority: on Linux the writer thread runs at nice 19, the lowest, so that it takes the CPU
+time training leaves idle instead of taking a core from training's compute threads (on a
+machine with few cores, one stolen time slice stalls every thread of an intra-op parallel
+region, not one). Once the caller waits for it (:meth:`AsyncWriter.wait`, or back-pressure
+in :meth:`AsyncWriter.submit`), nothing runs beside it that it could slow down: it gets the
+caller's priority back where the system allows raising it (root, ``CAP_SYS_NICE`` or
+``RLIMIT_NICE``), and otherwise goes on at nice 19.
 """
 
 import logging
@@ -44,7 +51,7 @@ class AsyncWriter:
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:
-        _lower_priority()
+        _set_nice(threading.get_native_id(), _WRITER_NICE)
         try:
             job()
         except BaseException as e:  # kept for the caller's thread, which decides
@@ -55,6 +62,9 @@ class AsyncWriter:
         """Join the job in flight, then raise its error if it failed."""
         thread = self._thread
         if thread is not None:
+            if thread.is_alive() and thread.native_id is not None:
+                # The caller now waits: the writer no longer competes with anything of ours.
+                _set_nice(thread.native_id, _nice_of(threading.get_native_id()))
             thread.join()
             self._thread = None
         self.raise_if_failed()
@@ -66,14 +76,22 @@ class AsyncWriter:
             raise error
 
 
-# On Linux a thread has its own nice value: the writer yields the CPU to the training
-# threads when cores are scarce, and still gets it whenever training waits.
-_NICE_INCREMENT = 10
+# On Linux a thread has its own nice value; 19 is the lowest priority there is.
+_WRITER_NICE = 19
 
 
-def _lower_priority() -> None:
+def _nice_of(tid: int) -> Optional[int]:
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + _NICE_INCREMENT)
-    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (AttributeError, OSError):  # not a Unix
+        return None
+
+
+def _set_nice(tid: int, nice: Optional[int]) -> None:
+    """Set a thread's nice value where the system allows it; otherwise leave it as it is."""
+    if nice is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):  # not Linux (the process's value), or not permitted
         pass

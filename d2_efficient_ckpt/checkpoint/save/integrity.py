@@ -6,6 +6,13 @@ xxh3-64 runs at about 25 GB/s on one core here, against 1.8 GB/s for SHA-256 and
 for BLAKE2b, so a full check of a 333 MB R50-FPN training checkpoint costs about 15 ms of
 hashing on top of the read.
 
+Right after a save, the file's pages are still in the page cache: a plain read-back would
+compare the hash with the very copy in memory the write just made, and could not see what
+the disk holds. The check after a save therefore reads with ``O_DIRECT`` (``direct=True``),
+from the device into one aligned buffer: it sees the bytes on disk, costs the CPU only the
+hash (the device copies by DMA), and leaves the page cache alone. Where ``O_DIRECT`` is not
+available (tmpfs, macOS, Windows) it falls back to ordinary reads.
+
 Two levels of checking:
     * :func:`check_cheap`: the record exists, parses and names the file's current size.
       Catches truncated and half-written files without reading them; used on resume.
@@ -13,7 +20,9 @@ Two levels of checking:
       used after every save (``CHECKPOINT.SAVE.VERIFY``) and by ``verify``.
 """
 
+import errno
 import json
+import mmap
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -147,8 +156,19 @@ def read_record(path: str) -> Optional[IntegrityRecord]:
         raise IntegrityError(path, f"its integrity record {side} is unreadable ({e}).") from e
 
 
-def hash_file(path: str, progress=None) -> str:
-    """The xxh3-64 hex digest of the whole file; ``progress`` gets ``update(nbytes)``."""
+def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
+    """The xxh3-64 hex digest of the whole file; ``progress`` gets ``update(nbytes)``.
+
+    Args:
+        path: the file.
+        progress: an object with ``update(nbytes)`` (a tqdm bar), or None.
+        direct: read from the device, past the page cache, where the file system allows it
+            (``O_DIRECT``); otherwise, or where it does not, ordinary buffered reads.
+    """
+    if direct:
+        digest = _hash_file_direct(path, progress)
+        if digest is not None:
+            return digest
     h = xxhash.xxh3_64()
     with open(path, "rb") as f:
         while True:
@@ -158,6 +178,48 @@ def hash_file(path: str, progress=None) -> str:
             h.update(block)
             if progress is not None:
                 progress.update(len(block))
+    return h.hexdigest()
+
+
+# errno values by which a file system says it does not do O_DIRECT (on open or on read).
+_NO_DIRECT_IO = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def _hash_file_direct(path: str, progress=None) -> Optional[str]:
+    """:func:`hash_file` by ``O_DIRECT`` reads; None where the file system does not do them."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | flag)
+    except OSError as e:
+        if e.errno in _NO_DIRECT_IO:
+            return None
+        raise
+    # An anonymous mapping is page-aligned, as O_DIRECT wants the buffer; reads start at
+    # multiples of its size, and the last one may come back short (the end of the file).
+    buf = mmap.mmap(-1, _BLOCK)
+    view = memoryview(buf)
+    h = xxhash.xxh3_64()
+    done = 0
+    try:
+        while True:
+            try:
+                n = os.readv(fd, [buf])
+            except OSError as e:
+                if e.errno in _NO_DIRECT_IO and done == 0:
+                    return None  # refused at the first read: not a file system for O_DIRECT
+                raise
+            if n <= 0:
+                break
+            done += n
+            h.update(view[:n])
+            if progress is not None:
+                progress.update(n)
+    finally:
+        view.release()
+        buf.close()
+        os.close(fd)
     return h.hexdigest()
 
 
@@ -187,8 +249,12 @@ def check_cheap(path: str, *, require_record: bool = True) -> Optional[Integrity
     return record
 
 
-def check_full(path: str, *, require_record: bool = True, progress=None):
+def check_full(path: str, *, require_record: bool = True, progress=None, direct: bool = False):
     """:func:`check_cheap`, then the hash of every byte against the record.
+
+    With ``direct`` the bytes are read from the device (see :func:`hash_file`): the check
+    after a save uses it, so that it compares the record with the disk, not with the page
+    cache the write has just filled.
 
     Raises:
         IntegrityError: as :func:`check_cheap`, or the content changed (flipped bytes).
@@ -198,7 +264,7 @@ def check_full(path: str, *, require_record: bool = True, progress=None):
         return None
     if record.algorithm != HASH_NAME:
         raise IntegrityError(path, f"its record uses the unknown hash '{record.algorithm}'.")
-    digest = hash_file(path, progress)
+    digest = hash_file(path, progress, direct=direct)
     if digest != record.hash:
         raise IntegrityError(
             path,

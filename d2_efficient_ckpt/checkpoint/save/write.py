@@ -4,7 +4,8 @@ The order of operations is what makes a save crash-safe:
     1. serialize into a temporary file next to the target, hashing every byte on the way;
     2. fsync it and rename it over the target, then fsync the directory;
     3. write the integrity record (also atomically);
-    4. with ``verify``, read the file back and compare it with the record.
+    4. with ``verify``, read the file back from the device (past the page cache, see
+       ``integrity``) and compare it with the record.
 A kill at any point leaves either the previous state or a complete file. A file without its
 record (a kill between 2 and 3) is complete, and is checked by its zip structure instead.
 """
@@ -98,7 +99,8 @@ def write_checkpoint(
     Args:
         path: the checkpoint file; its directory must exist.
         data: what to serialize (a dict of state dicts).
-        verify: read the file back afterwards and compare it with the record.
+        verify: read the file back from the device afterwards and compare it with the
+            record.
         iteration: stored in the record, so a resume can order checkpoints cheaply.
         serializer: ``fn(data, file_object)``; ``torch.save`` by default.
         opener: ``open``-like function for the temporary file.
@@ -131,7 +133,7 @@ def write_checkpoint(
     if verify:
         start = time.perf_counter()
         try:
-            check_full(path)
+            check_full(path, direct=True)
         except IntegrityError:
             remove_checkpoint(path)  # never leave a file that fails verification
             raise

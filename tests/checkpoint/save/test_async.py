@@ -2,6 +2,8 @@
 
 import errno
 import os
+import resource
+import sys
 import threading
 
 import pytest
@@ -128,3 +130,25 @@ def test_output_dir_that_cannot_exist_is_one_clear_error(make_ckpt, tmp_path):
     with pytest.raises(CheckpointSaveError, match="OUTPUT_DIR") as e:
         ck.save("model_0000001")
     assert str(blocker) in str(e.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_writer_runs_at_lowest_priority_until_the_caller_waits(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.ASYNC": True})
+    gate, nice = threading.Event(), []
+
+    def observed(data, f):
+        tid = threading.get_native_id()
+        nice.append(os.getpriority(os.PRIO_PROCESS, tid))
+        gate.wait(10)
+        nice.append(os.getpriority(os.PRIO_PROCESS, tid))
+        torch.save(data, f)
+
+    ck.saver.serializer = observed
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ck.save("model_0000001", iteration=1)
+    threading.Timer(0.3, gate.set).start()
+    ck.wait()  # raises the writer back to the caller's priority, where that is permitted
+    may_raise = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - caller
+    assert nice == [19, caller if may_raise else 19]
+    check_full(str(tmp_path / "model_0000001.pth"))

@@ -1,5 +1,6 @@
 """Integrity records: written with every save, checked after writing and on resume."""
 
+import errno
 import json
 import os
 
@@ -78,3 +79,41 @@ def test_record_is_plain_json(tmp_path):
     write_checkpoint(str(path), {"model": {"w": torch.ones(3)}}, iteration=7)
     raw = json.loads(open(record_path(str(path))).read())
     assert raw["file"] == "m.pth" and raw["iteration"] == 7 and raw["size"] > 0
+
+
+def test_check_after_a_save_reads_the_disk_past_the_page_cache(tmp_path, monkeypatch):
+    # 8 MiB blocks plus a short tail: every read but the last is a whole aligned block.
+    path = tmp_path / "m.pth"
+    path.write_bytes(os.urandom((8 << 20) + 12345))
+    assert hash_file(str(path), direct=True) == hash_file(str(path))
+    flags = []
+    real_open = os.open
+
+    def watching_open(p, flag, *args):
+        flags.append(flag)
+        return real_open(p, flag, *args)
+
+    monkeypatch.setattr(os, "open", watching_open)
+    write_checkpoint(str(tmp_path / "n.pth"), {"model": {"w": torch.ones(3)}})
+    if getattr(os, "O_DIRECT", 0):
+        assert any(f & os.O_DIRECT for f in flags)
+    flip_byte(str(tmp_path / "n.pth"), offset_from_end=300)
+    with pytest.raises(IntegrityError, match="content changed"):
+        check_full(str(tmp_path / "n.pth"), direct=True)
+
+
+def test_file_systems_without_direct_reads_are_checked_by_plain_reads(tmp_path, monkeypatch):
+    path = tmp_path / "m.pth"
+    write_checkpoint(str(path), {"model": {"w": torch.arange(1000.0)}})
+    real_open = os.open
+
+    def refusing_open(p, flag, *args):  # as tmpfs did before Linux 6.6
+        if flag & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), p)
+        return real_open(p, flag, *args)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert check_full(str(path), direct=True).hash == read_record(str(path)).hash
+    flip_byte(str(path), offset_from_end=300)
+    with pytest.raises(IntegrityError, match="content changed"):
+        check_full(str(path), direct=True)
