@@ -145,8 +145,6 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             resumed = self._resume(options)
             if resumed is not None:
                 return resumed
-        if path and os.path.isfile(path):
-            check_cheap(path, require_record=False)  # size against its record, if it has one
         return self.load(path, checkpointables=[], **options)
 
     def _resume(self, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -236,6 +234,8 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             return {}
         self.logger.info(f"[EfficientDetectionCheckpointer] Loading from {path} ...")
         local = self._local_path(path)
+        if os.path.isfile(local):  # a file this package saved: its size against its record
+            check_cheap(local, require_record=False)
         checkpoint = self._load_file(local)
         self.last_report = LoadReport(path=local, format=checkpoint.pop("__format__", ""))
         incompatible = self._load_model(checkpoint)

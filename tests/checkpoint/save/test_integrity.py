@@ -117,3 +117,18 @@ def test_file_systems_without_direct_reads_are_checked_by_plain_reads(tmp_path, 
     flip_byte(str(path), offset_from_end=300)
     with pytest.raises(IntegrityError, match="content changed"):
         check_full(str(path), direct=True)
+
+
+def test_load_of_a_truncated_saved_file_names_its_record_before_reading(make_ckpt, tmp_path):
+    ck = make_ckpt(tmp_path, with_optimizer=False)
+    ck.save("model_0000001")
+    path = str(tmp_path / "model_0000001.pth")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size - 100)  # the archive's directory is gone; the record knows the size
+    before = {k: v.clone() for k, v in ck.model.state_dict().items()}
+    with pytest.raises(IntegrityError, match="truncated") as e:
+        ck.load(path)  # a plain load, not only a resume, checks the record
+    assert path in str(e.value) and f"{size} bytes were written" in str(e.value)
+    after = ck.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
