@@ -10,7 +10,7 @@ children.
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -39,7 +39,7 @@ def map_chunks(
     workers: int = 0,
     desc: str = "",
     unit: str = "it",
-    parallel_min: int = PARALLEL_MIN,
+    parallel_min: Optional[int] = None,
 ) -> Iterator[R]:
     """``fn(chunk)`` for every chunk, in order, in worker processes when the job is large.
 
@@ -50,12 +50,14 @@ def map_chunks(
         workers: worker processes; 0 picks ``min(8, cpu count)``, 1 runs here.
         desc: progress-bar label; no bar when empty or when the job is small.
         unit: progress-bar unit.
-        parallel_min: fewer items than this run here.
+        parallel_min: fewer items than this run here (None: :data:`PARALLEL_MIN`).
 
     Yields:
         The results, in the order of ``chunks``.
     """
     total = sum(sizes)
+    if parallel_min is None:
+        parallel_min = PARALLEL_MIN
     workers = worker_count(workers)
     bar = tqdm(total=total, desc=desc, unit=unit, disable=not desc or total < parallel_min)
     with bar:
