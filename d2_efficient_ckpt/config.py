@@ -79,7 +79,7 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ds.setdefault("VALIDATION", "error")
     # A box that runs outside its image: "clip" it at the border or "drop" it.
     ds.setdefault("BOX_OUTSIDE_IMAGE", "clip")
-    # Processes reading image headers during validation; 0 picks min(8, CPUs).
+    # Validation processes for image headers, YOLO labels, large jsons; 0: min(8, CPUs).
     ds.setdefault("VALIDATION_WORKERS", 0)
     # Folder of converted/repaired COCO jsons for the evaluator; "" is ~/.cache/d2_efficient_ckpt.
     ds.setdefault("CACHE_DIR", "")
