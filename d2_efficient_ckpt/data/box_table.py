@@ -35,7 +35,8 @@ class BoxTable:
         image_index: per row, the index of its image.
         lineno: per row, its line number in the label file.
         category: per row, the class index.
-        boxes: per row, normalized center x, center y, width, height (``float64``).
+        boxes: per row, normalized center x, center y, width, height (``float64``, shape
+            ``(rows, 4)``).
     """
 
     def __init__(
@@ -52,7 +53,8 @@ class BoxTable:
         self.image_index = np.asarray(image_index, dtype=np.int64)
         self.lineno = np.asarray(lineno, dtype=np.int64)
         self.category = np.asarray(category, dtype=np.int64)
-        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        # Taken as it is: often a view of the columns of a wider table.
+        self.boxes = np.asarray(boxes, dtype=np.float64)
         self._clean = np.zeros(0, dtype=bool)
         self._xywh = np.zeros((0, 4))
         self._suspects: Dict[str, int] = {}

@@ -153,7 +153,7 @@ def _parse_chunk(
     records: Sequence[str],
     problems: list,
     start: int,
-) -> List[np.ndarray]:
+) -> np.ndarray:
     """Rows ``(image index, line, class, cx, cy, w, h)`` of the label texts ``items``.
 
     ``items`` are ``(k, text)`` of the chunk's k-th image, named ``records[k]``; image
@@ -202,13 +202,15 @@ def _parse_chunk(
         slow += [(k, text) for k, _, text in fast if k in bad]
         keep = ~np.isin(image_index, np.fromiter(bad, dtype=np.int64))
         table, image_index, lineno = table[keep], image_index[keep], lineno[keep]
-    rows = [np.column_stack([image_index + start, lineno, table])]
+    rows = np.column_stack([image_index + start, lineno, table])
     if slow:
         extra: List[tuple] = []
         for k, text in sorted(slow, key=lambda item: item[0]):
             _parse_slow(start + k, text, num_classes, records[k], extra, problems)
         if extra:
-            rows.append(np.array(extra, dtype=np.float64).reshape(-1, 7))
+            # Boxes are kept in file and line order.
+            rows = np.concatenate([rows, np.array(extra, dtype=np.float64).reshape(-1, 7)])
+            rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
     return rows
 
 
@@ -271,13 +273,9 @@ def read_labels(
         records += result[0]
         usable += result[1]
         problems += result[2]
-        rows += result[3]
+        rows.append(result[3])
         infos += result[4]
     table = np.concatenate(rows) if rows else np.zeros((0, 7))
-    # Rows of a chunk come fast files first; boxes are kept in file and line order.
-    order = np.lexsort((table[:, 1], table[:, 0]))
-    if (np.diff(order) != 1).any():
-        table = table[order]
     problems.sort(key=lambda p: (p[0], p[1]))
     return Labels(
         records,
@@ -286,6 +284,6 @@ def read_labels(
         table[:, 0].astype(np.int64),
         table[:, 1].astype(np.int64),
         table[:, 2].astype(np.int64),
-        np.ascontiguousarray(table[:, 3:]),
+        table[:, 3:],
         infos,
     )
