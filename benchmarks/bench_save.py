@@ -15,22 +15,24 @@ by side in one process. Figures:
 The training runs (none, stock, async, and with ``--with-sync`` ours synchronous) take turns
 in each of ``--train-repeats`` rounds, each after an ``os.sync()`` (so that no run pays for
 the writeback of the previous run's unsynced files), and the figures are medians over the
-rounds: on a shared machine one iteration now and then takes several times its usual time.
+rounds: on a shared machine one iteration now and then takes several times its usual time,
+and many short runs that take turns give a steadier median than a few long ones.
 
 The default period, a checkpoint every 10 iterations (about 6 s of training on 2 CPU cores),
 is still far more frequent than real use (detectron2's configs save every 5000 iterations,
 minutes to hours), so the overhead it measures is an upper bound. A period of a few
-iterations would mostly measure how many saves fit in the run rather than what one costs.
-The run has 35 iterations: checkpoints after 10, 20 and 30, then 5 more iterations, as in
-the middle of a long run, and the final ``wait()`` for the last write is timed too. A run
-that ends exactly at a checkpoint pays that save's whole write once more (a cost per run,
-not per period); ``--iters 30`` measures that case.
+iterations would mostly measure how fast saves can follow each other rather than what one
+costs a training run. Checkpoints come after iterations K/2, K/2 + K, ... (with the
+defaults: after 5 and 15 of 20), so that a run is a whole number of periods that neither
+starts nor ends with a save, as in the middle of a long run; the last write has half a
+period to finish, and the final ``wait()`` for it is timed too. A run that ends exactly at a
+checkpoint pays that save's whole write once more (once per run, not per period).
 
 Run from the repository root (about 4 minutes on a quiet 2-core CPU):
 
     python benchmarks/bench_save.py
     python benchmarks/bench_save.py --device cuda:0      # model and optimizer on a GPU
-    python benchmarks/bench_save.py --iters 35 --every 10 --train-repeats 3 --with-sync
+    python benchmarks/bench_save.py --iters 40 --every 20 --train-repeats 3 --with-sync
 
 Results go to ``<out-dir>/save_<device>.json`` and ``save_<device>.png``.
 """
@@ -67,10 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N'")
     p.add_argument("--repeats", type=int, default=5, help="saves per class for 'blocked'")
-    p.add_argument("--iters", type=int, default=35, help="training iterations per run")
+    p.add_argument("--iters", type=int, default=20, help="training iterations per run")
     p.add_argument("--every", type=int, default=10, help="checkpoint period in iterations")
     p.add_argument(
-        "--train-repeats", type=int, default=3, help="rounds of training runs (median taken)"
+        "--train-repeats", type=int, default=5, help="rounds of training runs (median taken)"
     )
     p.add_argument("--size", type=int, default=128, help="synthetic image side in pixels")
     p.add_argument("--with-sync", action="store_true", help="also train with sync saves")
@@ -177,8 +179,9 @@ def synthetic_batch(device: str, size: int, n: int = 2) -> List[Dict[str, Any]]:
 
 
 def train_run(model, opt, batch, iters: int, every: int, save) -> Tuple[float, float]:
-    """Wall time of ``iters`` training steps, calling ``save(it)`` every ``every`` steps, up
-    to the end of the final ``save.wait()``; and the seconds of that final wait."""
+    """Wall time of ``iters`` training steps, calling ``save(it)`` every ``every`` steps
+    half a period out of phase, up to the end of the final ``save.wait()``; and the seconds
+    of that final wait."""
     model.train()
     start = time.perf_counter()
     with EventStorage(0):  # detectron2's losses log into it
@@ -187,7 +190,7 @@ def train_run(model, opt, batch, iters: int, every: int, save) -> Tuple[float, f
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad(set_to_none=False)
-            if save is not None and (it + 1) % every == 0:
+            if save is not None and (it + 1) % every == every // 2:
                 save(it)
     waited = time.perf_counter()
     if save is not None and hasattr(save, "wait"):
