@@ -138,6 +138,8 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
         )
     out: Dict[str, Any] = {k: [] for k in ("stock", "sync", "async", "sync_durable")}
     out["async_durable"] = []
+    for name in ours:  # the write (serialize, fsync, rename) and the check, apart
+        out[f"{name}_write"], out[f"{name}_verify"] = [], []
     for i in range(repeats + 1):  # round 0: the first async save allocates its buffers
         start = time.perf_counter()
         stock.save(f"model_{i:07d}")
@@ -150,6 +152,8 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
             durable = time.perf_counter() - start
             if i > 0:
                 out[f"{name}_durable"].append(durable)
+                out[f"{name}_write"].append(ck.saver.last_result.write_s)
+                out[f"{name}_verify"].append(ck.saver.last_result.verify_s)
         if i == 0:
             out["async_first"] = blocked["async"]
             continue
@@ -258,6 +262,10 @@ def _ours(cfg, model, opt, directory: str, asynchronous: bool):
     return EfficientDetectionCheckpointer(model, directory, cfg=c, optimizer=opt)
 
 
+def _med(b: Dict[str, Any], key: str) -> float:
+    return statistics.median(b[key]) if b.get(key) else float("nan")
+
+
 def train_medians(res: Dict[str, Any]) -> Dict[str, float]:
     """Median wall time of each training variant over the rounds."""
     return {k: statistics.median(v) for k, v in res["training"]["runs"].items()}
@@ -286,6 +294,12 @@ def report(res: Dict[str, Any]) -> str:
         f"{dur['sync']:.3f} s ({dur['sync'] / floor:.1f}x the disk floor) |",
         f"| ours, async | {med['async']:.3f} s | **{ratio:.3f}x** | "
         f"{dur['async']:.3f} s ({dur['async'] / floor:.1f}x the disk floor) |",
+        "",
+        "Of the time until durable (medians, sync / async): serializing, writing and fsyncing "
+        f"{_med(b, 'sync_write'):.3f} / {_med(b, 'async_write'):.3f} s "
+        f"({_med(b, 'async_write') / floor:.1f}x the disk floor for async), reading it back "
+        f"from the device and comparing {_med(b, 'sync_verify'):.3f} / "
+        f"{_med(b, 'async_verify'):.3f} s.",
         "",
         f"Median of the per-round ratios async/stock: {per_round:.3f}x. First async save "
         f"(allocates the {b['snapshot_bytes'] / 1e6:.0f} MB snapshot buffers once): "
