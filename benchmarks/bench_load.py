@@ -634,7 +634,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "total_s": time.perf_counter() - t_start,
         }
         os.makedirs(args.out_dir, exist_ok=True)
-        stem = "load_cuda" if gpu else "load_cpu"
+        stem = ("load_cuda" if gpu else "load_cpu") + (
+            f"_disk{args.throttle_mbps:g}MBps" if args.throttle_mbps else ""
+        )
         json_path = os.path.join(args.out_dir, stem + ".json")
         with open(json_path, "w") as f:
             json.dump(result, f, indent=1)
