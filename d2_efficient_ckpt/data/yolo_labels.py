@@ -2,11 +2,12 @@
 
 A YOLO folder has one small label file per image, often 100,000s of them, so the common case
 is made cheap: files are read with plain file descriptors, and files whose every line is
-five fields are parsed a chunk of files at a time, all numbers in one ``float`` pass and
-the class and range tests as array operations. A file with anything else (another layout,
-a bad number, an unknown class, a byte-order mark) goes through :func:`parse_line` line by
-line, which says what is wrong with which line, and keeps the good ones. Both ways give
-the same boxes.
+five numeric fields are parsed a chunk of files at a time, all their numbers in one NumPy
+text parse and the class and range tests as array operations. A file with anything else
+(another layout, a bad number, an unknown class, a byte-order mark) goes through
+:func:`parse_line` line by line, which says what is wrong with which line, and keeps the
+good ones. Both ways give the same boxes. Each image's header is read in the same pass
+(:func:`read_labels`), in worker processes for large folders.
 """
 
 import math
@@ -25,7 +26,7 @@ from .sources import read_text
 
 __all__ = ["Labels", "label_path", "parse_line", "read_labels"]
 
-# Label files per parsing chunk: bounds the token list held at once.
+# Images per chunk: one worker task, and one text parse of its label files.
 _CHUNK = 2000
 # A file of lines of exactly five fields of number characters, '\n' or '\r\n' line ends, no
 # blank lines: its n-th line is the n-th group of five numbers. Any other text (letters
