@@ -46,7 +46,8 @@ entry's spec:
 * ``read(name, spec: dict, report, workers=0) -> RawDataset``: read the files into
   COCO-shaped records (``images``, ``annotations``, ``categories``). Images may lack
   ``width``/``height`` and annotations may carry ``yolo_box`` instead of ``bbox`` (or come
-  as a ``box_table``); the shared checks fill them in. ``workers`` is
+  as a ``box_table``); the shared checks fill them in, from ``image_infos`` (``{image id:
+  ImageInfo}``) for headers the reader read itself. ``workers`` is
   ``DATASETS.VALIDATION_WORKERS``, for formats that read many files in worker processes.
   Raise :class:`DatasetValidationError` when nothing can be read; add per-record problems
   to ``report``. Must not register anything.
