@@ -18,21 +18,24 @@ the writeback of the previous run's unsynced files), and the figures are medians
 rounds: on a shared machine one iteration now and then takes several times its usual time,
 and many short runs that take turns give a steadier median than a few long ones.
 
-The default period, a checkpoint every 10 iterations (about 6 s of training on 2 CPU cores),
-is still far more frequent than real use (detectron2's configs save every 5000 iterations,
-minutes to hours), so the overhead it measures is an upper bound. A period of a few
-iterations would mostly measure how fast saves can follow each other rather than what one
-costs a training run. Checkpoints come after iterations K/2, K/2 + K, ... (with the
-defaults: after 5 and 15 of 20), so that a run is a whole number of periods that neither
-starts nor ends with a save, as in the middle of a long run; the last write has half a
-period to finish, and the final ``wait()`` for it is timed too. A run that ends exactly at a
-checkpoint pays that save's whole write once more (once per run, not per period).
+The default period, a checkpoint every 20 iterations (about 12 s of training on 2 CPU
+cores), is still far more frequent than real use (detectron2's configs save every 5000
+iterations, minutes to hours), so the overhead it measures is an upper bound; the report
+also gives the cost of one checkpoint in seconds of training, from which the overhead of
+any other period follows. A period of a few iterations would mostly measure how fast saves
+can follow each other rather than what one costs a training run. Checkpoints come after
+iterations K/2, K/2 + K, ..., half a period out of phase, so that a run is a whole number of
+periods that neither starts nor ends with a save, as in the middle of a long run; the last
+write has half a period to finish, and the final ``wait()`` for it is timed too. The default
+run is one period (20 iterations, a checkpoint after the 10th), so that many short runs can
+take turns. A run that ends exactly at a checkpoint pays that save's whole write once more
+(once per run, not per period).
 
 Run from the repository root (about 4 minutes on a quiet 2-core CPU):
 
     python benchmarks/bench_save.py
     python benchmarks/bench_save.py --device cuda:0      # model and optimizer on a GPU
-    python benchmarks/bench_save.py --iters 40 --every 20 --train-repeats 3 --with-sync
+    python benchmarks/bench_save.py --iters 20 --every 10 --train-repeats 5 --with-sync
 
 Results go to ``<out-dir>/save_<device>.json`` and ``save_<device>.png``.
 """
@@ -70,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda:N'")
     p.add_argument("--repeats", type=int, default=5, help="saves per class for 'blocked'")
     p.add_argument("--iters", type=int, default=20, help="training iterations per run")
-    p.add_argument("--every", type=int, default=10, help="checkpoint period in iterations")
+    p.add_argument("--every", type=int, default=20, help="checkpoint period in iterations")
     p.add_argument(
         "--train-repeats", type=int, default=5, help="rounds of training runs (median taken)"
     )
@@ -262,6 +265,11 @@ def _ours(cfg, model, opt, directory: str, asynchronous: bool):
     return EfficientDetectionCheckpointer(model, directory, cfg=c, optimizer=opt)
 
 
+def n_saves(iters: int, every: int) -> int:
+    """How many checkpoints :func:`train_run` takes in ``iters`` iterations."""
+    return sum(1 for it in range(iters) if (it + 1) % every == every // 2)
+
+
 def _med(b: Dict[str, Any], key: str) -> float:
     return statistics.median(b[key]) if b.get(key) else float("nan")
 
@@ -306,19 +314,24 @@ def report(res: Dict[str, Any]) -> str:
         f"{b['async_first']:.3f} s.",
         "",
         f"| {res['iters']} training iterations, checkpoint every {res['every']} "
-        f"| wall time, median of {len(runs['none'])} | per round (s) | overhead vs none |",
-        "| --- | --- | --- | --- |",
+        f"| wall time, median of {len(runs['none'])} | per round (s) | overhead vs none "
+        "| training time one checkpoint costs |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    saves = n_saves(res["iters"], res["every"])
     for k in t:
         over = t[k] / t["none"] - 1
         each = ", ".join(f"{x:.2f}" for x in runs[k])
-        lines.append(f"| {k} | {t[k]:.2f} s | {each} | {over * 100:+.1f}% |")
+        cost = f"{(t[k] - t['none']) / saves:.2f} s" if k != "none" and saves else ""
+        lines.append(f"| {k} | {t[k]:.2f} s | {each} | {over * 100:+.1f}% | {cost} |")
     over_async = t["async"] / t["none"] - 1
     paired = statistics.median(a / n - 1 for a, n in zip(runs["async"], runs["none"]))
     lines += [
         "",
         f"Median of the per-round overheads async/none: {paired * 100:+.1f}%. Final wait() "
-        f"for the last async write: median {statistics.median(waits['async']):.2f} s.",
+        f"for the last async write: median {statistics.median(waits['async']):.2f} s. One "
+        f"iteration takes {t['none'] / res['iters']:.2f} s without checkpoints; a checkpoint "
+        "every K iterations costs (training time one checkpoint costs) / (K x that).",
         "",
         f"blocked async/stock = {ratio:.3f} (target <= {TARGETS['blocked_async_vs_stock']}): "
         f"{'PASS' if ratio <= TARGETS['blocked_async_vs_stock'] else 'FAIL'}",
