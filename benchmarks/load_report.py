@@ -315,6 +315,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(references_table(result, "github"))
     print()
+    if result.get("sequential_read"):
+        print(sequential_read_table(result, "github"))
+        print()
     print(targets_table(result, "github"))
     if args.png:
         plot(result, args.png)
