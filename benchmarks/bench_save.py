@@ -134,8 +134,8 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
     previous file deleted here), so every save finds the page cache that the deletion just
     before it freed. Without that, the save after a deletion writes 334 MB into the page
     cache 3-5x faster than one after none (0.17 s against 0.55-0.9 s for the stock save on
-    the 2-core virtual machine here, where memory that was not recently in use costs a
-    fault in the host), and which class follows a deletion would decide the ratio.
+    the 2-core virtual machine here, likely because memory not recently in use must first
+    be backed by the host), and which class follows a deletion would decide the ratio.
     """
     stock = DetectionCheckpointer(model, os.path.join(directory, "stock"), optimizer=opt)
     os.makedirs(stock.save_dir, exist_ok=True)
