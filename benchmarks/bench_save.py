@@ -79,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--train-repeats", type=int, default=5, help="rounds of training runs (median taken)"
     )
     p.add_argument("--size", type=int, default=128, help="synthetic image side in pixels")
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=5.0,
+        help="seconds of quiet before each save timed for 'blocked' (see blocked_times)",
+    )
     p.add_argument("--with-sync", action="store_true", help="also train with sync saves")
     p.add_argument("--dir", default=None, help="where checkpoints go (default: a temp dir)")
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
@@ -124,7 +130,9 @@ def disk_bandwidth(directory: str, nbytes: int) -> float:
     return best
 
 
-def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, Any]:
+def blocked_times(
+    cfg, model, opt, directory: str, repeats: int, settle_s: float = 5.0
+) -> Dict[str, Any]:
     """Seconds each ``save()`` blocks, and (ours) seconds until durable.
 
     The three classes take turns within each repeat, so that a busy moment of a shared
@@ -136,6 +144,12 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
     cache 3-5x faster than one after none (0.17 s against 0.55-0.9 s for the stock save on
     the 2-core virtual machine here, likely because memory not recently in use must first
     be backed by the host), and which class follows a deletion would decide the ratio.
+
+    In a training run saves are minutes apart, and memory freed in between has long gone
+    back to the host when the next save comes. So each save waits ``settle_s`` seconds after
+    the ``os.sync()`` (the same settle time as the cold loads of ``bench_load.py``); with
+    ``--settle-s 0`` every save meets memory freed a moment before, the stock save's best
+    case.
     """
     stock = DetectionCheckpointer(model, os.path.join(directory, "stock"), optimizer=opt)
     os.makedirs(stock.save_dir, exist_ok=True)
@@ -153,6 +167,7 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
         out[f"{name}_write"], out[f"{name}_verify"] = [], []
     for i in range(repeats + 1):  # round 0: the first async save allocates its buffers
         os.sync()  # each save starts with no writeback of an earlier one in the way
+        time.sleep(settle_s)
         start = time.perf_counter()
         stock.save(f"model_{i:07d}")
         blocked = {"stock": time.perf_counter() - start}
@@ -163,6 +178,7 @@ def blocked_times(cfg, model, opt, directory: str, repeats: int) -> Dict[str, An
                 os.remove(os.path.join(stock.save_dir, f"model_{i - 1:07d}.pth"))
         for name, ck in ours.items():
             os.sync()
+            time.sleep(settle_s)
             start = time.perf_counter()
             ck.save(f"model_{i:07d}", iteration=i)
             blocked[name] = time.perf_counter() - start
@@ -307,7 +323,7 @@ def report(res: Dict[str, Any]) -> str:
     lines = [
         f"R50-FPN + SGD momentum, {size / 1e6:.0f} MB, device {res['device']}; "
         f"disk (fsynced write) {bw / 1e6:.0f} MB/s, so {floor:.2f} s is the floor for "
-        "one durable copy.",
+        f"one durable copy. Each timed save after {res.get('settle_s', 0):g} s of quiet.",
         "",
         "| save | blocks the caller | ratio to stock | until durable + verified |",
         "| --- | --- | --- | --- |",
@@ -395,7 +411,7 @@ def main(argv=None) -> int:
         print("measuring disk bandwidth ...", flush=True)
         bw = disk_bandwidth(directory, 256 << 20)
         print("measuring save() ...", flush=True)
-        blocked = blocked_times(cfg, model, opt, directory, args.repeats)
+        blocked = blocked_times(cfg, model, opt, directory, args.repeats, args.settle_s)
         print("measuring training ...", flush=True)
         train = training(cfg, model, opt, directory, args)
     finally:
@@ -406,6 +422,7 @@ def main(argv=None) -> int:
         "iters": args.iters,
         "every": args.every,
         "threads": torch.get_num_threads(),
+        "settle_s": args.settle_s,
         "disk_bytes_per_s": bw,
         "blocked": blocked,
         "training": train,
