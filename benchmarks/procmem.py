@@ -81,8 +81,9 @@ class MemorySampler:
 
     def sample(self) -> None:
         """Take one reading now (also called from the main thread at start and end)."""
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        fields = os.read(self._fd, 256).split()
+        # One positional read: the sampler thread and the main thread share the descriptor,
+        # and a seek followed by a read could interleave with the other's and read nothing.
+        fields = os.pread(self._fd, 256, 0).split()
         resident = int(fields[1]) * _PAGE
         anon = resident - int(fields[2]) * _PAGE
         if anon > self.peak_anon:
