@@ -36,6 +36,9 @@ from tabulate import tabulate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from load_worker import wait_until  # noqa: E402
 
 from d2_efficient_ckpt.checkpoint.io.vm import evict_from_page_cache  # noqa: E402
 
@@ -115,8 +118,7 @@ def worker(path: str, strategy: str, part: str, not_before: float) -> Dict[str, 
     buf = (ctypes.c_char * nbytes)()
     dst = memoryview(buf).cast("B")
     dst[::4096] = b"\1" * len(dst[::4096])
-    while time.time() < not_before:
-        time.sleep(0.01)
+    wait_until(not_before)
     t0, o0 = time.perf_counter(), os.times()
     _read(path, strategy, nbytes, dst)
     t1, o1 = time.perf_counter(), os.times()

@@ -64,6 +64,8 @@ class _Load:
         mapping: the mapped file its tensors view, for prefetching and checked reads.
         model_shapes: the model's key shapes, for the explanations.
         checkpoint_keys: the checkpoint's model keys as stored, for the explanations.
+        device: where the checkpointables' tensors go (``CHECKPOINT.LOAD.MAP_LOCATION``),
+            resolved once per load.
         arena: host memory for the restored checkpointables, faulted in while the model
             loads.
     """
@@ -74,6 +76,7 @@ class _Load:
     mapping: Optional[MappedFile] = None
     model_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     checkpoint_keys: List[str] = field(default_factory=list)
+    device: Optional[torch.device] = None
     arena: Optional[HostArena] = None
 
 
@@ -352,8 +355,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         # to is faulted in, while the model copies.
         entries = self._wanted_entry_tensors(checkpoint)
         mapping.prefetch(entries)
-        device = resolve_map_location(self._load_state.options.map_location, self.model)
-        if device.type == "cpu":
+        if self._checkpointable_device().type == "cpu":
             self._load_state.arena = HostArena.for_tensors(entries, prefault=True)
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
@@ -434,7 +436,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         self, checkpoint: Dict[str, Any], wanted: List[str], path: str
     ) -> None:
         report = self.last_report
-        device = resolve_map_location(self._load_state.options.map_location, self.model)
+        device = self._checkpointable_device()
         report.map_location = str(device)
         parts = [w for w in wanted if w in TRAINER_PARTS or w == "hooks"]
         for key, obj in self.checkpointables.items():
@@ -466,6 +468,12 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             self.logger.info(f"Loading {key} from {path} ...")
             self._restore(key, obj, checkpoint.pop(key), device, path)
             report.checkpointables[key] = "restored"
+
+    def _checkpointable_device(self) -> torch.device:
+        current = self._load_state
+        if current.device is None:
+            current.device = resolve_map_location(current.options.map_location, self.model)
+        return current.device
 
     def _restore(self, key: str, obj: Any, state: Any, device: torch.device, path: str) -> None:
         """``obj.load_state_dict`` of a checkpointable; a failure names what was loaded."""
