@@ -68,6 +68,8 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     sv.setdefault("MAX_TO_KEEP", 0)
     # File format of training checkpoints: "pth" (torch.save) or "safetensors" (pickle-free).
     sv.setdefault("FORMAT", "pth")
+    # On shared storage, seconds a dead save's temporary file must be unmodified to be removed.
+    sv.setdefault("STALE_TEMP_AGE_S", 3600.0)
 
     ds = cfg.DATASETS
     if "CUSTOM" not in ds:

@@ -22,12 +22,17 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from torch.nn.parallel import DistributedDataParallel
 
 from .build import CHECKPOINTER_REGISTRY
-from .errors import CheckpointConfigError, CheckpointFormatError, PartialLoadError
+from .errors import (
+    ArchitectureMismatchError,
+    CheckpointConfigError,
+    CheckpointFormatError,
+    PartialLoadError,
+)
 from .explain.base import explain
 from .io.mapped import FileReader, MappedFile
 from .io.readers import open_checkpoint
 from .io.tensors import as_tensor, dtype_of, shape_of
-from .keys.plan import KeyPlan, plan_keys
+from .keys.plan import KeyPlan, architecture_difference, plan_keys
 from .keys.selection import KeySelector
 from .options import LoadOptions
 from .report.load_report import LoadReport
@@ -46,6 +51,7 @@ from .restore.parity import (
 from .restore.parts import TRAINER_PARTS, select_trainer_state
 from .restore.state import materialize, tensors_in
 from .save import check_cheap, describe_skipped, plan_resume
+from .save.atomic import atomic_write_bytes
 from .save.checkpointer_side import SavingMixin
 
 __all__ = ["EfficientDetectionCheckpointer"]
@@ -68,6 +74,8 @@ class _Load:
             resolved once per load.
         arena: host memory for the restored checkpointables, faulted in while the model
             loads.
+        same_architecture: refuse a checkpoint of another architecture before anything is
+            restored (a resume).
     """
 
     options: LoadOptions
@@ -78,6 +86,7 @@ class _Load:
     checkpoint_keys: List[str] = field(default_factory=list)
     device: Optional[torch.device] = None
     arena: Optional[HostArena] = None
+    same_architecture: bool = False
 
 
 @CHECKPOINTER_REGISTRY.register()
@@ -142,35 +151,76 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         if resume:
             if self.save_to_disk and self.save_dir:
                 self.saver.clean_stale()  # temporary files of a killed run
+            own = dict(options)  # MODEL.WEIGHTS, if nothing is resumed, keeps the selection
             if not self.load_options.select_on_resume:
                 for key in ("include", "exclude", "rename"):
-                    options.setdefault(key, ())
-            resumed = self._resume(options)
+                    own.setdefault(key, ())
+            resumed = self._resume(own)
             if resumed is not None:
                 return resumed
+        else:
+            self._start_run()  # a run started without --resume is a new run
         return self.load(path, checkpointables=[], **options)
 
     def _resume(self, options: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        # The newest valid checkpoint; one that fails to load is skipped like a broken one.
+        # The resume rule (save/fallback.py); a file that fails to load, or is of another
+        # architecture, is skipped like a broken one and the rule is asked again.
         if not self.save_dir:
             return None
         broken: Dict[str, str] = {}
         while True:
-            choice = plan_resume(self.save_dir, self._suffixes, broken)
-            if choice.skipped:
+            choice = plan_resume(self.save_dir, broken)
+            if choice.skipped or choice.passed_over or choice.list_error:
                 self.logger.warning(describe_skipped(choice))
             if choice.used is None:
+                if choice.list_error:
+                    raise CheckpointFormatError(
+                        self.save_dir,
+                        f"--resume cannot go on: {choice.list_error}, and the file "
+                        "last_checkpoint names is not usable, so no earlier checkpoint of "
+                        "this run can be found.",
+                        "Fix the folder's permissions or storage, or train without --resume.",
+                    )
+                self._start_run()
                 return None
+            path = os.path.join(self.save_dir, choice.used)
+            self._note_other_format(choice.used)
             try:
-                out = self.load(os.path.join(self.save_dir, choice.used), **options)
+                out = self._load_checked(path, options)
             except CheckpointFormatError as e:
-                broken[choice.used] = str(e)
+                broken[choice.used] = getattr(e, "problem", "") or str(e)
                 continue
+            if self.save_to_disk:
+                self.saver.continue_run(choice.run)
             if self.last_report is not None:
                 self.last_report.skipped_files = list(choice.skipped)
                 if comm.is_main_process() and choice.skipped:
                     self._write_report_json(self.last_report)
             return out
+
+    def _start_run(self) -> None:
+        if self.save_to_disk and self.save_dir:
+            self.saver.start_run()
+
+    def _note_other_format(self, name: str) -> None:
+        suffix = self.saver.options.suffix
+        if not name.endswith(suffix):
+            self.logger.info(
+                f"Resuming from {name}, although CHECKPOINT.SAVE.FORMAT writes {suffix} files: "
+                "it is this run's newest checkpoint; the next saves use the configured format."
+            )
+
+    def _load_checked(self, path: str, options: Dict[str, Any]) -> Dict[str, Any]:
+        """:meth:`load` of a resume: every checkpointable, and nothing restored from a file
+        of another architecture."""
+        options = dict(options)
+        current = self._new_load(options.pop("checkpointables", None), options)
+        current.same_architecture = True
+        self._current = current
+        try:
+            return self._load(path)
+        finally:
+            self._current = None
 
     def load(
         self,
@@ -209,7 +259,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
                 ``allow_mismatch`` are missing, unexpected or of another shape; raised after
                 the model weights were copied and before any checkpointable is restored.
         """
-        options = self.load_options.override(
+        overrides = dict(
             include=include,
             exclude=exclude,
             rename=rename,
@@ -219,15 +269,19 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             on_mismatch=on_mismatch,
             allow_mismatch=allow_mismatch,
         )
-        if checkpointables is None:  # the configured parts, plus other registered entries
-            checkpointables = default_checkpointables(
-                self.checkpointables, options.checkpointables, LoadOptions().checkpointables
-            )
-        self._current = _Load(options, list(checkpointables))
+        self._current = self._new_load(checkpointables, overrides)
         try:
             return self._load(path)
         finally:
             self._current = None
+
+    def _new_load(self, checkpointables: Optional[List[str]], overrides: Dict[str, Any]) -> _Load:
+        options = self.load_options.override(**overrides)
+        if checkpointables is None:  # the configured parts, plus other registered entries
+            checkpointables = default_checkpointables(
+                self.checkpointables, options.checkpointables, LoadOptions().checkpointables
+            )
+        return _Load(options, list(checkpointables))
 
     def _load(self, path: str) -> Dict[str, Any]:
         # fvcore's sequence: file, model, incompatible keys, checkpointables.
@@ -305,6 +359,10 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         else:
             current.checkpoint_keys = list(state)  # the names as stored, for the explanations
         plan = self._plan(state, model_sd)
+        if current.same_architecture:
+            differs = architecture_difference(plan, len(model_sd))
+            if differs:
+                raise ArchitectureMismatchError(report.path or "checkpoint", differs)
         _record_plan(report, plan)
         to_copy = {key: as_tensor(state[ck]) for key, ck in plan.copy.items()}
         self._prefetch(to_copy, checkpoint, leaves_keys_out=bool(plan.skipped))
@@ -417,7 +475,8 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             return
         try:
             self.path_manager.mkdirs(os.path.dirname(path))
-            report.to_json(path, opener=self.path_manager.open)
+            # Atomic: a symlink planted under the report's name is replaced, not followed.
+            atomic_write_bytes(path, report.to_json_bytes(), durable=False)
         except OSError as e:
             self.logger.warning(f"Could not write the load report {path}: {e}")
 

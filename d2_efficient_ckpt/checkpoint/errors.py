@@ -8,6 +8,7 @@ from typing import Iterable
 
 __all__ = [
     "PartialLoadError",
+    "ArchitectureMismatchError",
     "CheckpointConfigError",
     "CheckpointError",
     "CheckpointFormatError",
@@ -75,3 +76,16 @@ class CheckpointPolicyError(CheckpointError):
 
 class PartialLoadError(CheckpointError):
     """Copying stopped after some tensors had been written into the model."""
+
+
+class ArchitectureMismatchError(CheckpointFormatError):
+    """A resume found a checkpoint of another architecture, before restoring anything."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(
+            path,
+            problem,
+            "A resume continues this run's own checkpoints; to start from these weights, "
+            "load the file with MODEL.WEIGHTS and train without --resume.",
+        )
+        self.problem = problem

@@ -154,6 +154,9 @@ class Trainer(DefaultTrainer):
                 self.cfg, bare, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
             )
             own.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+            ours, theirs = getattr(self.checkpointer, "saver", None), getattr(own, "saver", None)
+            if ours is not None and theirs is not None:
+                ours.continue_run(theirs.run)  # the checkpointer that saves continues the run
             resumed = resume and own.has_checkpoint()
             parts = own.last_report.checkpointables if own.last_report is not None else {}
             info = [

@@ -104,3 +104,36 @@ def test_signal_checkpoints_exits_and_resume_continues(tiny_cfg, toy, tmp_path):
     resumed = Trainer(cfg)
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == stopped + 1
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_extended_max_iter_then_preempted_resumes_the_newest_save(tiny_cfg, toy, tmp_path):
+    # The demo's workflow: train to the end, extend SOLVER.MAX_ITER and resume, get
+    # preempted, resume again. The second resume continues from the newest periodic
+    # checkpoint, not from the model_final of the first run.
+    from detectron2.engine.train_loop import HookBase
+
+    first = Trainer(_cfg(tiny_cfg, toy, tmp_path, max_iter=2))
+    first.resume_or_load(resume=False)
+    first.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+    class PreemptAfter(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 3:
+                raise _Preempted()
+
+    extended = Trainer(_cfg(tiny_cfg, toy, tmp_path, max_iter=6))
+    extended.register_hooks([PreemptAfter()])
+    extended.resume_or_load(resume=True)
+    assert extended.start_iter == 2
+    with pytest.raises(_Preempted):
+        extended.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    again = Trainer(_cfg(tiny_cfg, toy, tmp_path, max_iter=6))
+    again.resume_or_load(resume=True)
+    assert again.start_iter == 4
+    assert again.checkpointer.last_report.path.endswith("model_0000003.pth")

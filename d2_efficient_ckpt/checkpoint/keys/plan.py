@@ -98,3 +98,32 @@ def plan_keys(
         else:
             plan.missing.append(key)
     return plan
+
+
+def architecture_difference(plan: KeyPlan, num_model_keys: int) -> str:
+    """Why a checkpoint cannot be of the model's architecture, "" when it can be.
+
+    A resume restores optimizer state, iteration and the rest next to the weights; from a
+    checkpoint of another architecture that half-restores a run that then crashes, so a
+    resume asks this before anything is restored. A key of another shape, or no key in
+    common at all, is another architecture; missing or extra keys alone are not (models
+    gain and lose buffers between versions).
+
+    Args:
+        plan: the key plan of the load.
+        num_model_keys: how many keys the model's state dict has.
+    """
+    if plan.shape_mismatch:
+        key, theirs, ours = plan.shape_mismatch[0]
+        more = (
+            f" and {len(plan.shape_mismatch) - 1} other key(s)"
+            if len(plan.shape_mismatch) > 1
+            else ""
+        )
+        return (
+            f"it is of another architecture: {key} is {tuple(theirs)} in the file and "
+            f"{tuple(ours)} in the model{more}."
+        )
+    if num_model_keys and not plan.copy:
+        return "it is of another architecture: it has none of the model's keys."
+    return ""

@@ -139,8 +139,12 @@ class LoadReport:
     def to_json(self, path: str, opener=open) -> str:
         """Write :meth:`to_dict` as indented JSON to ``path`` and return the path."""
         with opener(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=str)
+            f.write(self.to_json_bytes().decode("utf-8"))
         return path
+
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, default=str).encode("utf-8")
 
     def format_table(self, max_rows_per_status: int = 12) -> str:
         """A readable report: a summary line, the key groups, renames, checkpointables and

@@ -2,13 +2,15 @@
 
 Modules, each with one job (imports point down to ``..errors`` and ``..io``):
     errors        CheckpointSaveError, SaveConfigError
-    atomic        temporary file, fsync, rename, directory fsync; stale temp-file cleanup
-    integrity     the sidecar record (size + xxh3-64) and its cheap and full checks
-    write         one checkpoint file: serialize, record, verify
+    atomic        temporary file (locked), fsync, rename, directory fsync; non-blocking reads
+    stale         which temporary files of interrupted saves are dead (pure), their removal
+    integrity     the sidecar record (size, xxh3-64, iteration, run) and its checks
+    tag           last_checkpoint and the run it belongs to
+    write         one checkpoint file: serialize, verify, rename, record
     snapshot      host copies of the state into buffers reused from save to save
     async_writer  one background thread, back-pressure, errors raised in the caller
-    retention     which old periodic checkpoints to delete (pure)
-    fallback      which checkpoint a resume uses when the newest is broken (pure + scan)
+    retention     which of this run's periodic checkpoints to delete (pure)
+    fallback      the resume rule: which checkpoint a resume uses (pure + cheap scan)
     signals       preemption signals turned into a flag the training loop polls
     tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle);
                   the loader's side, decode, is ``io.training_tree``

@@ -12,16 +12,29 @@ region, not one). Once the caller waits for it (:meth:`AsyncWriter.wait`, or bac
 in :meth:`AsyncWriter.submit`), nothing runs beside it that it could slow down: it gets the
 caller's priority back where the system allows raising it (root, ``CAP_SYS_NICE`` or
 ``RLIMIT_NICE``), and otherwise goes on at nice 19.
+
+Exit: a failed job whose error nobody collected (a script that saves and ends without
+``wait()``) makes the interpreter exit with status :data:`EXIT_SAVE_FAILED` once every
+writer thread has finished, after the error is printed, so that no scheduler records a run
+that lost its last checkpoint as a success. The check is registered when this module is
+imported, so it runs after the exit handlers registered later (user code, most libraries).
 """
 
+import atexit
 import logging
 import os
+import sys
 import threading
+import weakref
 from typing import Callable, Optional
 
-__all__ = ["AsyncWriter"]
+__all__ = ["AsyncWriter", "EXIT_SAVE_FAILED"]
 
 logger = logging.getLogger(__name__)
+
+EXIT_SAVE_FAILED = 1
+
+_WRITERS: "weakref.WeakSet[AsyncWriter]" = weakref.WeakSet()
 
 
 class AsyncWriter:
@@ -32,6 +45,7 @@ class AsyncWriter:
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
         self._what = ""
+        _WRITERS.add(self)
 
     @property
     def busy(self) -> bool:
@@ -95,3 +109,26 @@ def _set_nice(tid: int, nice: Optional[int]) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, nice)
     except (AttributeError, OSError):  # not Linux (the process's value), or not permitted
         pass
+
+
+def _exit_if_a_save_failed() -> None:
+    """At interpreter exit: a failed background save nobody collected fails the process."""
+    lost = [w for w in list(_WRITERS) if w._error is not None]
+    if not lost:
+        return
+    for w in lost:
+        print(
+            f"error: the background save of {w._what or 'a checkpoint'} failed and was never "
+            f"waited for: {w._error}",
+            file=sys.stderr,
+        )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed stream must not hide the exit status
+            pass
+    os._exit(EXIT_SAVE_FAILED)
+
+
+atexit.register(_exit_if_a_save_failed)

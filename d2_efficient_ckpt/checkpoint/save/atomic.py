@@ -2,15 +2,22 @@
 
 A file written here either exists complete under its final name or not at all. The
 temporary name never ends in a checkpoint suffix, so a file left by a killed process is never
-listed as a checkpoint, and :func:`remove_stale_temp_files` deletes it on the next run.
+listed as a checkpoint. The writer holds an exclusive ``flock`` on its temporary file for as
+long as the file exists under that name: that lock, not a process id, tells the next run
+whether the writer is gone (see ``stale``). Small files this package reads back (the tag,
+integrity records) go through :func:`read_regular_file`, which never blocks on a FIFO or a
+device planted under their name.
 """
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import re
+import stat
 import uuid
-from typing import BinaryIO, Callable, Iterator, List
+from typing import BinaryIO, Callable, Iterator, Optional
 
 __all__ = [
     "TEMP_INFIX",
@@ -19,7 +26,8 @@ __all__ = [
     "fsync_dir",
     "atomic_file",
     "atomic_write_bytes",
-    "remove_stale_temp_files",
+    "read_regular_file",
+    "NotRegularFileError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -27,6 +35,9 @@ logger = logging.getLogger(__name__)
 # "model_0000009.pth" is written as ".model_0000009.pth.partial-<pid>-<hex>".
 TEMP_INFIX = ".partial-"
 _TEMP_RE = re.compile(r"^\..+\.partial-(\d+)-[0-9a-f]+$")
+
+# errno values by which a file system says it cannot fsync a directory: not an I/O error.
+_NO_DIR_FSYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR)
 
 
 def is_temp_file(name: str) -> bool:
@@ -41,43 +52,78 @@ def temp_path_for(path: str) -> str:
 
 
 def fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    """Make a rename in ``directory`` durable.
+
+    A directory that cannot be opened for reading (no read permission, or a platform without
+    directory descriptors) or a file system that refuses to fsync one is skipped: nothing
+    better can be done there. Any other error (``EIO`` on network storage, say) means the
+    rename may not survive a crash, and is raised.
+
+    Raises:
+        OSError: the directory fsync failed.
+    """
     try:
         fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTSUP):
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass  # some file systems (and Windows) refuse fsync on directories
+    except OSError as e:
+        if e.errno not in _NO_DIR_FSYNC:
+            raise
     finally:
         os.close(fd)
 
 
+def _lock(f: BinaryIO) -> None:
+    # Held until the file is closed; a dead writer's lock is released by the kernel.
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+        # A file system without locks: stale files there are judged by age alone.
+
+
 @contextlib.contextmanager
-def atomic_file(path: str, *, durable: bool = True, opener=open) -> Iterator[BinaryIO]:
+def atomic_file(
+    path: str,
+    *,
+    durable: bool = True,
+    opener=open,
+    before_replace: Optional[Callable[[str], None]] = None,
+) -> Iterator[BinaryIO]:
     """Open a temporary file that replaces ``path`` only when the block completes.
 
-    On success the file is flushed and fsynced, renamed over ``path`` and the directory is
-    fsynced. On any error, including KeyboardInterrupt, the temporary file is removed and
-    ``path`` is left as it was.
+    On success the file is flushed and fsynced, ``before_replace(temporary path)`` runs (the
+    check after a save: a file that fails it never gets the final name), the file is renamed
+    over ``path`` and the directory is fsynced. On any error, including KeyboardInterrupt,
+    the temporary file is removed, even when closing it fails too (a full disk fails the
+    last flush), and ``path`` is left as it was.
 
     Args:
         path: the final file name.
         durable: fsync the file and the directory (off only for throwaway files).
         opener: ``open``-like function for the temporary file (tests inject failing disks).
+        before_replace: called with the temporary path once the file is complete and closed.
     """
     tmp = temp_path_for(path)
     f = opener(tmp, "xb")
     try:
+        _lock(f)
         yield f
         f.flush()
         if durable:
             os.fsync(f.fileno())
-        f.close()
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
+        f.close()  # the lock goes with the last descriptor, after the rename
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError, ValueError):
+            f.close()
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
@@ -86,44 +132,52 @@ def atomic_file(path: str, *, durable: bool = True, opener=open) -> Iterator[Bin
 
 
 def atomic_write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` by ``data`` atomically (see :func:`atomic_file`)."""
+    """Replace ``path`` by ``data`` atomically (see :func:`atomic_file`).
+
+    The rename replaces a symlink planted at ``path`` by the file; it never writes through it.
+    """
     with atomic_file(path, durable=durable) as f:
         f.write(data)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+class NotRegularFileError(OSError):
+    """A small file of ours exists but is a FIFO, a device, a directory or a socket."""
 
 
-def remove_stale_temp_files(directory: str, alive: Callable[[int], bool] = _alive) -> List[str]:
-    """Delete temporary files of killed writers in ``directory``; return their names.
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of a small regular file, read without ever blocking.
 
-    A file whose writer process still runs on this machine is kept: two jobs may share an
-    output directory for a moment (a finishing job and its successor).
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` before any read, so a
+    FIFO or a device under the name is refused instead of hanging the caller or filling its
+    memory (``/dev/zero``).
+
+    Args:
+        path: the file.
+        limit: the most bytes it may hold; a longer file is refused.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        NotRegularFileError: it is not a regular file, or it is longer than ``limit``.
+        OSError: it cannot be read.
     """
-    removed: List[str] = []
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    for name in names:
-        m = _TEMP_RE.match(name)
-        if not m or alive(int(m.group(1))):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(directory, name))
-            removed.append(name)
-    if removed:
-        logger.warning(
-            f"Removed {len(removed)} incomplete file(s) left in {directory} by an interrupted "
-            f"save: {', '.join(sorted(removed))}"
-        )
-    return removed
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file", path)
+        if st.st_size > limit:
+            raise NotRegularFileError(errno.EFBIG, f"longer than {limit} bytes", path)
+        chunks = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise NotRegularFileError(errno.EFBIG, f"longer than {limit} bytes", path)
+        return data
+    finally:
+        os.close(fd)

@@ -4,19 +4,57 @@
 fvcore's ``Checkpointer`` (``model``, ``save_dir``, ``save_to_disk``, ``checkpointables``)
 and ``cfg``; all the work is done by :class:`~.saver.CheckpointSaver` and the pure
 functions of :mod:`.fallback`.
+
+``has_checkpoint`` and ``get_checkpoint_file`` keep fvcore's meaning: whether there is a
+checkpoint to resume from, and the file ``last_checkpoint`` names (the newest finished save),
+so fvcore's ``PeriodicCheckpointer(max_to_keep=...)`` works unchanged. The only differences
+are the ones the resume rule makes (a broken tagged file falls back to this run's newest
+valid one), and that an asynchronous save counts from the moment ``save()`` returns.
 """
 
+import contextlib
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from .fallback import plan_resume, scan
+from .integrity import record_path
 from .saver import CheckpointSaver, SaveOptions, iteration_of
 
-__all__ = ["SavingMixin"]
+__all__ = ["SavingMixin", "RecordAwarePathManager"]
+
+
+class RecordAwarePathManager:
+    """A path manager that removes a checkpoint's integrity record with the checkpoint.
+
+    fvcore's ``PeriodicCheckpointer`` deletes old files through ``checkpointer.path_manager.rm``;
+    through this wrapper their records go too. Everything else is the wrapped manager's.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def rm(self, path: str, **kwargs: Any) -> None:
+        self.inner.rm(path, **kwargs)
+        if not os.path.lexists(path):  # a path of another storage has no local record
+            with contextlib.suppress(OSError):
+                os.remove(record_path(path))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class SavingMixin:
     """Crash-safe, verified, optionally asynchronous saving for a ``Checkpointer``."""
+
+    @property
+    def path_manager(self) -> Any:
+        return self.__dict__.get("_path_manager")
+
+    @path_manager.setter
+    def path_manager(self, manager: Any) -> None:
+        if manager is not None and not isinstance(manager, RecordAwarePathManager):
+            manager = RecordAwarePathManager(manager)
+        self.__dict__["_path_manager"] = manager
 
     @property
     def saver(self) -> CheckpointSaver:
@@ -25,10 +63,6 @@ class SavingMixin:
         if saver is None:
             saver = self._saver = CheckpointSaver(self.save_dir, SaveOptions.from_cfg(self.cfg))
         return saver
-
-    @property
-    def _suffixes(self) -> Tuple[str, ...]:
-        return (".pth", ".safetensors") if self.saver.options.format == "safetensors" else (".pth",)
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Save the model and checkpointables as ``name``, atomically and with a record.
@@ -64,20 +98,27 @@ class SavingMixin:
             self.saver.tag(last_filename_basename)
 
     def has_checkpoint(self) -> bool:
-        """Whether ``save_dir`` holds a checkpoint a resume can use (see ``save.fallback``)."""
-        return bool(self.save_dir) and plan_resume(self.save_dir, self._suffixes).used is not None
+        """Whether ``save_dir`` holds a checkpoint a resume would use (see ``save.fallback``)."""
+        return bool(self.get_checkpoint_file())
 
     def get_checkpoint_file(self) -> str:
-        """The checkpoint a resume uses: the tagged one, or the newest valid one if it is
-        broken; "" if none."""
+        """The checkpoint a resume uses: the file ``last_checkpoint`` names (or, while an
+        asynchronous save is in flight, will name), else this run's newest valid one; ""
+        if none."""
         if not self.save_dir:
             return ""
-        used = plan_resume(self.save_dir, self._suffixes).used
+        saver = self.__dict__.get("_saver")
+        if saver is not None and saver.in_flight:
+            return os.path.join(self.save_dir, saver.in_flight)
+        used = plan_resume(self.save_dir).used
         return os.path.join(self.save_dir, used) if used else ""
 
     def get_all_checkpoint_files(self) -> List[str]:
         """Checkpoint files in ``save_dir`` that pass the cheap integrity checks."""
         if not self.save_dir:
             return []
-        found = scan(self.save_dir, self._suffixes)
+        try:
+            found = scan(self.save_dir)
+        except OSError:
+            return []
         return [os.path.join(self.save_dir, c.name) for c in found if not c.problem]

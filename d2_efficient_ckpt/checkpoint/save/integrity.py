@@ -31,7 +31,7 @@ from typing import BinaryIO, Optional
 import xxhash
 
 from ..errors import CheckpointFormatError
-from .atomic import atomic_write_bytes
+from .atomic import NotRegularFileError, atomic_write_bytes, read_regular_file
 
 __all__ = [
     "HASH_NAME",
@@ -45,10 +45,13 @@ __all__ = [
     "hash_file",
     "check_cheap",
     "check_full",
+    "compare_with",
 ]
 
 HASH_NAME = "xxh3_64"
 RECORD_SUFFIX = ".integrity.json"
+# A record is a few hundred bytes; anything much longer is not one.
+_RECORD_LIMIT = 64 << 10
 _BLOCK = 8 << 20
 
 
@@ -76,6 +79,8 @@ class IntegrityRecord:
         algorithm: the hash function (``xxh3_64``).
         iteration: the training iteration stored in the checkpoint, -1 if none.
         created: seconds since the epoch when the write finished.
+        run: identity of the training run that wrote it ("" if unknown): a resume falls back
+            only to files of its own run, and retention deletes only those.
     """
 
     file: str
@@ -84,6 +89,7 @@ class IntegrityRecord:
     algorithm: str = HASH_NAME
     iteration: int = -1
     created: float = 0.0
+    run: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode("utf-8")
@@ -135,25 +141,38 @@ def write_record(path: str, record: IntegrityRecord) -> None:
 def read_record(path: str) -> Optional[IntegrityRecord]:
     """The record of ``path``, or None when there is no sidecar.
 
+    The sidecar is read without blocking (a FIFO under its name is refused), and must name
+    ``path`` itself: a record copied from another checkpoint describes that one.
+
     Raises:
-        IntegrityError: the sidecar exists but cannot be parsed.
+        IntegrityError: the sidecar exists but cannot be read or parsed, or it is the record
+            of another file.
     """
     side = record_path(path)
     try:
-        with open(side, "rb") as f:
-            raw = json.loads(f.read().decode("utf-8"))
-        return IntegrityRecord(
+        raw = json.loads(read_regular_file(side, _RECORD_LIMIT).decode("utf-8"))
+        record = IntegrityRecord(
             file=str(raw["file"]),
             size=int(raw["size"]),
             hash=str(raw["hash"]),
             algorithm=str(raw.get("algorithm", HASH_NAME)),
             iteration=int(raw.get("iteration", -1)),
             created=float(raw.get("created", 0.0)),
+            run=str(raw.get("run", "")),
         )
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except NotRegularFileError as e:
+        raise IntegrityError(path, f"its integrity record {side} is {e.strerror}.") from e
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(path, f"its integrity record {side} is unreadable ({e}).") from e
+    if record.file != os.path.basename(path):
+        raise IntegrityError(
+            path,
+            f"its integrity record {side} is the record of another file ('{record.file}'), "
+            "so it says nothing about this one.",
+        )
+    return record
 
 
 def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
@@ -234,7 +253,10 @@ def check_cheap(path: str, *, require_record: bool = True) -> Optional[Integrity
         IntegrityError: missing file, missing or unreadable record, or another size.
     """
     if not os.path.isfile(path):
-        raise IntegrityError(path, "the file does not exist.")
+        there = os.path.lexists(path)
+        raise IntegrityError(
+            path, "it is not a regular file." if there else "the file does not exist."
+        )
     record = read_record(path)
     if record is None:
         if require_record:
@@ -264,11 +286,40 @@ def check_full(path: str, *, require_record: bool = True, progress=None, direct:
         return None
     if record.algorithm != HASH_NAME:
         raise IntegrityError(path, f"its record uses the unknown hash '{record.algorithm}'.")
-    digest = hash_file(path, progress, direct=direct)
-    if digest != record.hash:
-        raise IntegrityError(
-            path,
-            f"its content changed after it was written: {HASH_NAME} is {digest}, the record "
-            f"says {record.hash} (flipped or overwritten bytes).",
-        )
+    compare_with(path, record.size, record.hash, progress=progress, direct=direct)
     return record
+
+
+def compare_with(
+    path: str,
+    size: int,
+    digest: str,
+    *,
+    direct: bool = False,
+    progress=None,
+    name: Optional[str] = None,
+) -> None:
+    """Read ``path`` whole and check it has ``size`` bytes hashing to ``digest``.
+
+    Args:
+        path: the file to read (a checkpoint, or the temporary file of one being saved).
+        size, digest: what was written.
+        direct: read from the device, past the page cache (see :func:`hash_file`).
+        progress: as in :func:`hash_file`.
+        name: the checkpoint to name in the error, if not ``path``.
+
+    Raises:
+        IntegrityError: the size or the content differ.
+        OSError: the file cannot be read.
+    """
+    name = name or path
+    actual = os.path.getsize(path)
+    if actual != size:
+        raise IntegrityError(name, f"it is {actual} bytes on disk, {size} bytes were written.")
+    found = hash_file(path, progress, direct=direct)
+    if found != digest:
+        raise IntegrityError(
+            name,
+            f"its content changed after it was written: {HASH_NAME} is {found}, the record "
+            f"says {digest} (flipped or overwritten bytes).",
+        )

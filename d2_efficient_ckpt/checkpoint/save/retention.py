@@ -1,40 +1,63 @@
 """Which old periodic checkpoints to delete (``CHECKPOINT.SAVE.MAX_TO_KEEP``).
 
-:func:`plan_deletions` is a pure function of the file names; the saver calls it only after
-the newest checkpoint has been written, verified and tagged, so an old file is never
-deleted before its successor is known to be good.
+:func:`plan_deletions` is a pure function. A file is a candidate only when the saver can
+prove it is its own: its name is exactly a periodic name of the prefix being saved
+(``<prefix>_<7 digits>.pth`` or ``.safetensors``) **and** its integrity record carries this
+run's identity. A user's ``backup_0000001.pth``, another job's ``otherjob_0000000.pth``, a
+converted file, an older run's checkpoints and any file without a record are never deleted.
+The saver calls it only after the newest checkpoint was written, verified and tagged, so an
+old file is never deleted before its successor is known to be good.
 """
 
 import re
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
-__all__ = ["PERIODIC_RE", "plan_deletions"]
+__all__ = ["periodic_name", "periodic_prefix", "plan_deletions"]
 
-# Names the periodic checkpointer writes: model_0000099.pth (any prefix, 7+ digits).
-PERIODIC_RE = re.compile(r"^(?P<prefix>.*_)(?P<iter>\d{7,})\.(?:pth|safetensors)$")
+_PERIODIC = re.compile(r"^(?P<prefix>.+)_(?P<iter>\d{7})\.(?:pth|safetensors)$")
+
+
+def periodic_name(prefix: str, iteration: int, suffix: str) -> str:
+    """``("model", 99, ".pth")`` -> ``model_0000099.pth``: the name fvcore's periodic hook
+    gives."""
+    return f"{prefix}_{iteration:07d}{suffix}"
+
+
+def periodic_prefix(name: str) -> Optional[str]:
+    """The prefix of a periodic checkpoint name (``model_0000099.pth`` -> ``model``), or None."""
+    m = _PERIODIC.match(name)
+    return m.group("prefix") if m else None
 
 
 def plan_deletions(
-    names: Iterable[str], max_to_keep: int, protected: Iterable[Optional[str]] = ()
+    files: Iterable[Tuple[str, str]],
+    *,
+    run: str,
+    prefix: str,
+    max_to_keep: int,
+    protected: Iterable[Optional[str]] = (),
 ) -> List[str]:
-    """The periodic checkpoints beyond the ``max_to_keep`` newest, oldest first.
+    """This run's periodic checkpoints of ``prefix`` beyond the ``max_to_keep`` newest.
 
     Args:
-        names: base names in the output directory.
+        files: ``(base name, run identity from its record or "")`` of the directory's
+            checkpoint files.
+        run: this run's identity; empty deletes nothing.
+        prefix: the periodic prefix being saved (``model``).
         max_to_keep: how many periodic checkpoints to keep; 0 or less keeps all.
         protected: names never to delete (the tagged and the just-written file).
 
     Returns:
-        Base names to delete. ``model_final`` and files of other shapes never appear.
+        Base names to delete, oldest first.
     """
-    if max_to_keep <= 0:
+    if max_to_keep <= 0 or not run:
         return []
     keep = {p for p in protected if p}
-    periodic = []
-    for name in set(names):
-        m = PERIODIC_RE.match(name)
-        if m:
-            periodic.append((int(m.group("iter")), name))
-    periodic.sort(reverse=True)
-    old = [name for _, name in periodic[max_to_keep:] if name not in keep]
-    return sorted(old, key=lambda n: int(PERIODIC_RE.match(n).group("iter")))
+    ours: List[Tuple[int, str]] = []
+    for name, owner in set(files):
+        m = _PERIODIC.match(name)
+        if m and m.group("prefix") == prefix and owner == run:
+            ours.append((int(m.group("iter")), name))
+    ours.sort(reverse=True)
+    old = [(it, name) for it, name in ours[max_to_keep:] if name not in keep]
+    return [name for _, name in sorted(old)]

@@ -3,27 +3,33 @@
 The checkpointer hands it the state to save; the saver owns everything after that: the
 snapshot and background thread for asynchronous saves, the atomic write with its integrity
 record, ``last_checkpoint``, and retention. Settings come from ``CHECKPOINT.SAVE``.
+
+Every file it writes carries the identity of the run (``run``) in its integrity record and in
+the tag. A run starts with a new identity; a resume continues the identity of the file it
+resumed from (:meth:`CheckpointSaver.continue_run`). Retention and the resume fallback use
+it to tell this run's files from everything else in the folder.
 """
 
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from .async_writer import AsyncWriter
-from .atomic import atomic_write_bytes, remove_stale_temp_files
 from .errors import SaveConfigError
-from .retention import plan_deletions
+from .integrity import IntegrityError, read_record
+from .retention import periodic_prefix, plan_deletions
 from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
+from .stale import remove_stale_temp_files
+from .tag import TAG_FILE, read_tag, write_tag
 from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkpoint
 
-__all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of"]
+__all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of", "new_run_id"]
 
 logger = logging.getLogger(__name__)
-
-TAG_FILE = "last_checkpoint"
 # Formats the saver writes; the loader resumes from each of them.
 _WRITABLE_FORMATS = ("pth", "safetensors")
 
@@ -36,6 +42,7 @@ class SaveOptions:
     asynchronous: bool = False
     max_to_keep: int = 0
     format: str = "pth"
+    stale_temp_age_s: float = 3600.0
 
     @classmethod
     def from_cfg(cls, cfg) -> "SaveOptions":
@@ -55,6 +62,7 @@ class SaveOptions:
             asynchronous=bool(node.get("ASYNC", False)),
             max_to_keep=int(node.get("MAX_TO_KEEP", 0)),
             format=fmt,
+            stale_temp_age_s=float(node.get("STALE_TEMP_AGE_S", 3600.0)),
         )
 
     @property
@@ -76,6 +84,11 @@ def iteration_of(data: Any) -> int:
         return -1
 
 
+def new_run_id() -> str:
+    """A fresh run identity: random, so runs on different machines never share one."""
+    return uuid.uuid4().hex
+
+
 class CheckpointSaver:
     """Saves checkpoints into one directory.
 
@@ -91,6 +104,9 @@ class CheckpointSaver:
             saves come faster than the disk takes them).
         last_snapshot_s: of which copying the state into the snapshot (asynchronous only).
         last_result: the :class:`SaveResult` of the last finished write.
+        run: this run's identity; set by :meth:`start_run` or :meth:`continue_run`, else at
+            the first save.
+        in_flight: base name of the asynchronous save not yet finished, or None.
     """
 
     def __init__(
@@ -114,13 +130,31 @@ class CheckpointSaver:
         self.last_wait_s = 0.0
         self.last_snapshot_s = 0.0
         self.last_result: Optional[SaveResult] = None
+        self.run = ""
+        self.in_flight: Optional[str] = None
+
+    def start_run(self) -> str:
+        """Give the files saved from now on a new run identity; return it."""
+        self.run = new_run_id()
+        return self.run
+
+    def continue_run(self, run: str) -> None:
+        """Save as the run ``run`` (the identity of the file a resume loaded); a new identity
+        when it is empty."""
+        if run:
+            self.run = run
+        else:
+            self.start_run()
 
     def clean_stale(self) -> List[str]:
-        """Remove temporary files of killed saves (once per saver); return their names."""
+        """Remove temporary files of killed saves (once per saver); return their names.
+
+        Never raises (see ``stale``).
+        """
         if self._cleaned:
             return []
         self._cleaned = True
-        return remove_stale_temp_files(self.directory)
+        return remove_stale_temp_files(self.directory, self.options.stale_temp_age_s)
 
     def save(self, basename: str, data: Any, *, iteration: int = -1) -> None:
         """Save ``data`` as ``basename``, tag it, then apply retention.
@@ -142,31 +176,43 @@ class CheckpointSaver:
         except OSError as e:
             raise explain_os_error(path, e) from e
         self.clean_stale()
+        if not self.run:
+            self.start_run()
+        run = self.run
         logger.info(f"Saving checkpoint to {path}")
         if not self.options.asynchronous:
-            self._commit(path, data, iteration)
+            self._commit(path, data, iteration, run)
             self.last_blocked_s = time.perf_counter() - start
             return
         snapshot = self._buffers.take(data)
         self.last_snapshot_s = time.perf_counter() - start - self.last_wait_s
 
         def job() -> None:
-            snapshot.wait()
-            self._commit(path, snapshot.data, iteration)
+            try:
+                snapshot.wait()
+                self._commit(path, snapshot.data, iteration, run)
+            finally:
+                self.in_flight = None
 
-        self._writer.submit(job, path)
+        self.in_flight = basename
+        try:
+            self._writer.submit(job, path)
+        except BaseException:
+            self.in_flight = None
+            raise
         self.last_blocked_s = time.perf_counter() - start
 
-    def _commit(self, path: str, data: Any, iteration: int) -> None:
+    def _commit(self, path: str, data: Any, iteration: int, run: str) -> None:
         result = write_checkpoint(
             path,
             data,
             verify=self.options.verify,
             iteration=iteration,
+            run=run,
             serializer=self.serializer,
             opener=self.opener,
         )
-        self.tag(os.path.basename(path))
+        self.tag(os.path.basename(path), run)
         self.last_result = result
         checked = f", verified in {result.verify_s:.2f} s" if self.options.verify else ""
         logger.info(
@@ -175,33 +221,55 @@ class CheckpointSaver:
         )
         self._retain(os.path.basename(path))
 
-    def tag(self, basename: str) -> None:
-        """Point ``last_checkpoint`` at ``basename``, atomically.
+    def tag(self, basename: str, run: Optional[str] = None) -> None:
+        """Point ``last_checkpoint`` at ``basename`` of ``run`` (this run's by default),
+        atomically.
 
         Raises:
             CheckpointSaveError: ``last_checkpoint`` cannot be written (it is unchanged).
         """
-        tag = os.path.join(self.directory, TAG_FILE)
+        if run is None:
+            run = self.run or self.start_run()
         try:
-            atomic_write_bytes(tag, basename.encode("utf-8"))
+            write_tag(self.directory, basename, run)
         except OSError as e:
-            raise explain_os_error(tag, e) from e
+            raise explain_os_error(os.path.join(self.directory, TAG_FILE), e) from e
 
     def _retain(self, newest: str) -> None:
-        if self.options.max_to_keep <= 0:
+        # Only periodic saves prune, as fvcore's hook does, and only their own prefix.
+        prefix = periodic_prefix(newest)
+        if self.options.max_to_keep <= 0 or prefix is None:
             return
+        try:
+            names = os.listdir(self.directory)
+        except OSError as e:  # the new checkpoint is safe; old ones outstay their time
+            logger.warning(f"Could not list {self.directory} for MAX_TO_KEEP: {e}")
+            return
+        files = [(n, self._owner(n)) for n in names if periodic_prefix(n) == prefix]
         doomed = plan_deletions(
-            os.listdir(self.directory), self.options.max_to_keep, protected=[newest]
+            files,
+            run=self.run,
+            prefix=prefix,
+            max_to_keep=self.options.max_to_keep,
+            protected=[newest, read_tag(self.directory).name],
         )
         deleted = []
         for name in doomed:
             try:
                 remove_checkpoint(os.path.join(self.directory, name))
                 deleted.append(name)
-            except OSError as e:  # the new checkpoint is safe; an old one outstays its time
+            except OSError as e:
                 logger.warning(f"Could not delete old checkpoint {name} (MAX_TO_KEEP): {e}")
         if deleted:
             logger.info(f"Deleted old checkpoints (MAX_TO_KEEP): {', '.join(deleted)}")
+
+    def _owner(self, name: str) -> str:
+        """The run identity in the record of ``name``, "" if it has none or it is unusable."""
+        try:
+            record = read_record(os.path.join(self.directory, name))
+        except IntegrityError:
+            return ""
+        return record.run if record is not None else ""
 
     def wait(self) -> None:
         """Join the save in flight; raise its error if it failed."""

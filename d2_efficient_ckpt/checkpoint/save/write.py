@@ -1,13 +1,19 @@
 """Write one checkpoint file durably, with its integrity record, and check it.
 
 The order of operations is what makes a save crash-safe:
-    1. serialize into a temporary file next to the target, hashing every byte on the way;
-    2. fsync it and rename it over the target, then fsync the directory;
-    3. write the integrity record (also atomically);
-    4. with ``verify``, read the file back from the device (past the page cache, see
-       ``integrity``) and compare it with the record.
+    1. serialize into a temporary file next to the target, hashing every byte on the way,
+       and fsync it;
+    2. with ``verify``, read the temporary file back from the device (past the page cache,
+       see ``integrity``) and compare it with the hash: a file that fails never gets the
+       final name, and the previous file of that name is untouched;
+    3. remove the previous record of that name, if any (re-saving ``model_final``), so that no
+       kill can leave the new file next to the old file's record;
+    4. rename the file over the target and fsync the directory;
+    5. write the integrity record (also atomically).
 A kill at any point leaves either the previous state or a complete file. A file without its
-record (a kill between 2 and 3) is complete, and is checked by its zip structure instead.
+record (a kill between 3 and 5) is complete, and is checked by its zip structure instead.
+Every ``OSError`` on the way, the directory fsync included, becomes a
+:class:`CheckpointSaveError`, and no temporary file outlives an error.
 """
 
 import contextlib
@@ -20,13 +26,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .atomic import atomic_file
+from .atomic import atomic_file, fsync_dir
 from .errors import CheckpointSaveError
 from .integrity import (
     HashingWriter,
-    IntegrityError,
     IntegrityRecord,
-    check_full,
+    compare_with,
     record_path,
     write_record,
 )
@@ -91,6 +96,7 @@ def write_checkpoint(
     *,
     verify: bool = True,
     iteration: int = -1,
+    run: str = "",
     serializer: Optional[Serializer] = None,
     opener=open,
 ) -> SaveResult:
@@ -99,46 +105,67 @@ def write_checkpoint(
     Args:
         path: the checkpoint file; its directory must exist.
         data: what to serialize (a dict of state dicts).
-        verify: read the file back from the device afterwards and compare it with the
-            record.
+        verify: read the file back from the device before it gets its name, and compare it
+            with the hash of what was written.
         iteration: stored in the record, so a resume can order checkpoints cheaply.
+        run: the run identity stored in the record (see ``fallback`` and ``retention``).
         serializer: ``fn(data, file_object)``; ``torch.save`` by default.
         opener: ``open``-like function for the temporary file.
 
     Raises:
-        CheckpointSaveError: the write failed (full disk, read-only directory, ...); the
-            previous file of that name, if any, is unchanged.
-        IntegrityError: the file read back differs from what was written; it was removed.
+        CheckpointSaveError: the write or the read-back failed (full disk, read-only
+            directory, I/O error); the previous file of that name, if any, is unchanged.
+        IntegrityError: the file read back differs from what was written; it was removed
+            and the previous file of that name is unchanged.
     """
     serializer = serializer or torch.save
     start = time.perf_counter()
     hashing: Optional[HashingWriter] = None
+    verify_s = 0.0
+
+    def before_replace(tmp: str) -> None:
+        nonlocal verify_s
+        assert hashing is not None
+        if verify:
+            t = time.perf_counter()
+            try:
+                compare_with(tmp, hashing.size, hashing.hexdigest(), direct=True, name=path)
+            except OSError as e:
+                raise CheckpointSaveError(
+                    path,
+                    f"it could not be read back to verify it ({e.strerror or e}); it was not "
+                    "kept, and the previous file of this name is unchanged.",
+                    "Check the storage (dmesg, the file system's health), then save again.",
+                ) from e
+            verify_s = time.perf_counter() - t
+        _drop_old_record(path)
+
     try:
-        with atomic_file(path, opener=opener) as f:
+        with atomic_file(path, opener=opener, before_replace=before_replace) as f:
             hashing = HashingWriter(f)
             serializer(data, hashing)
+        record = IntegrityRecord(
+            os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration, run=run
+        )
+        write_record(path, record)
+    except CheckpointSaveError:
+        raise
     except Exception as e:
         cause = hashing.error if hashing is not None and hashing.error is not None else e
         if isinstance(cause, OSError):
             raise explain_os_error(path, cause) from e
         raise
-    record = IntegrityRecord(
-        os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration
-    )
+    return SaveResult(path, record, time.perf_counter() - start - verify_s, verify_s)
+
+
+def _drop_old_record(path: str) -> None:
+    # The record of the file about to be replaced must go first, durably: after the rename
+    # it would describe a file that is no longer there.
     try:
-        write_record(path, record)
-    except OSError as e:
-        raise explain_os_error(path, e) from e
-    result = SaveResult(path, record, time.perf_counter() - start)
-    if verify:
-        start = time.perf_counter()
-        try:
-            check_full(path, direct=True)
-        except IntegrityError:
-            remove_checkpoint(path)  # never leave a file that fails verification
-            raise
-        result.verify_s = time.perf_counter() - start
-    return result
+        os.remove(record_path(path))
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(path))
 
 
 def remove_checkpoint(path: str) -> None:

@@ -1,5 +1,8 @@
 """A tiny real Faster R-CNN with SGD momentum, and checkpointers that save it."""
 
+import os
+import traceback
+
 import pytest
 import torch
 
@@ -43,3 +46,40 @@ def perturb(model):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
+
+
+def killed_at(fn, module, attr, nth=1):
+    """Run ``fn()`` in a forked child that is killed the moment it calls ``module.attr``.
+
+    The child dies with ``os._exit`` (no clean-up, no exit handlers), as under SIGKILL, and
+    leaves the files exactly as they were at that call. Returns True if the kill happened,
+    False if ``fn`` returned without reaching the call.
+
+    Args:
+        nth: the call that kills; the ones before it run as usual.
+    """
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            real, calls = getattr(module, attr), [0]
+
+            def kill(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] >= nth:
+                    os._exit(KILLED)
+                return real(*args, **kwargs)
+
+            setattr(module, attr, kill)
+            fn()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, KILLED), status
+    return os.WEXITSTATUS(status) == KILLED
+
+
+KILLED = 77

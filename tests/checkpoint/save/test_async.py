@@ -135,11 +135,12 @@ def test_output_dir_that_cannot_exist_is_one_clear_error(make_ckpt, tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_writer_runs_at_lowest_priority_until_the_caller_waits(make_ckpt, tmp_path):
     ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.ASYNC": True})
-    gate, nice = threading.Event(), []
+    gate, started, nice = threading.Event(), threading.Event(), []
 
     def observed(data, f):
         tid = threading.get_native_id()
         nice.append(os.getpriority(os.PRIO_PROCESS, tid))
+        started.set()
         gate.wait(10)
         nice.append(os.getpriority(os.PRIO_PROCESS, tid))
         torch.save(data, f)
@@ -147,6 +148,8 @@ def test_writer_runs_at_lowest_priority_until_the_caller_waits(make_ckpt, tmp_pa
     ck.saver.serializer = observed
     caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     ck.save("model_0000001", iteration=1)
+    # Before the caller waits, the writer runs on its own (at nice 19) into the serializer.
+    assert started.wait(10)
     threading.Timer(0.3, gate.set).start()
     ck.wait()  # raises the writer back to the caller's priority, where that is permitted
     may_raise = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20 - caller

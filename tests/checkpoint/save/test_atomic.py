@@ -1,16 +1,19 @@
-"""Atomic replacement: complete or absent, temporary files never listed and cleaned up."""
+"""Atomic replacement: complete or absent, temporary files never listed, small files read
+without blocking."""
 
+import errno
 import os
-import subprocess
-import sys
+import threading
 
 import pytest
 
 from d2_efficient_ckpt.checkpoint.save.atomic import (
+    NotRegularFileError,
     atomic_file,
     atomic_write_bytes,
+    fsync_dir,
     is_temp_file,
-    remove_stale_temp_files,
+    read_regular_file,
     temp_path_for,
 )
 
@@ -35,23 +38,6 @@ def test_temp_names_are_never_checkpoint_names(tmp_path):
     assert not is_temp_file("model_final.pth")
 
 
-def test_next_run_removes_files_of_dead_writers(tmp_path):
-    # A real process that dies leaves its pid in the name; ours is alive.
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f".model_0000009.pth.partial-{dead_pid}-0a1b2c3d"
-    stale.write_bytes(b"half a checkpoint")
-    ours = tmp_path / f".model_0000010.pth.partial-{os.getpid()}-0a1b2c3d"
-    ours.write_bytes(b"being written")
-    assert remove_stale_temp_files(str(tmp_path)) == [stale.name]
-    assert sorted(os.listdir(tmp_path)) == [ours.name]
-
-
 def test_read_only_directory_fails_and_names_it(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root ignores directory permissions")
@@ -61,3 +47,77 @@ def test_read_only_directory_fails_and_names_it(tmp_path):
             atomic_write_bytes(str(tmp_path / "x.pth"), b"x")
     finally:
         os.chmod(tmp_path, 0o700)
+
+
+def test_a_failing_close_still_removes_the_temporary_file(tmp_path):
+    # A full disk fails the buffered writer's last flush, inside close(): the partial file
+    # must not stay behind holding the space the error asks the user to free.
+    class FailingClose:
+        def __init__(self, path, mode):
+            self._f = open(path, mode)
+            self.write, self.flush, self.fileno = self._f.write, self._f.flush, self._f.fileno
+
+        def close(self):
+            self._f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(RuntimeError):
+        with atomic_file(str(tmp_path / "x.pth"), opener=FailingClose) as f:
+            f.write(b"partial")
+            raise RuntimeError("disk full during the write")
+    assert os.listdir(tmp_path) == []
+
+
+def test_directory_fsync_io_errors_are_raised_refusals_are_not(tmp_path, monkeypatch):
+    real = os.fsync
+
+    def failing(code):
+        def fsync(fd):
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                raise OSError(code, os.strerror(code))
+            return real(fd)
+
+        return fsync
+
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError) as e:
+        fsync_dir(str(tmp_path))
+    assert e.value.errno == errno.EIO
+    monkeypatch.setattr(os, "fsync", failing(errno.EINVAL))  # a file system that cannot
+    fsync_dir(str(tmp_path))
+
+
+def test_atomic_write_replaces_a_planted_symlink_instead_of_following_it(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not ours")
+    inside = tmp_path / "out"
+    inside.mkdir()
+    (inside / "report.json").symlink_to(outside)
+    atomic_write_bytes(str(inside / "report.json"), b"{}")
+    assert outside.read_text() == "not ours"
+    assert not (inside / "report.json").is_symlink()
+
+
+def test_small_files_are_read_without_blocking_and_only_when_regular(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = []
+    t = threading.Thread(target=lambda: done.append(_refused(str(fifo))), daemon=True)
+    t.start()
+    t.join(10)
+    assert done == [True], "reading a FIFO blocked"
+    assert _refused("/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 100)
+    assert _refused(str(big), limit=10)
+    assert read_regular_file(str(big), 100) == b"x" * 100
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(str(tmp_path / "absent"), 10)
+
+
+def _refused(path, limit=4096):
+    try:
+        read_regular_file(path, limit)
+    except NotRegularFileError:
+        return True
+    return False
