@@ -20,6 +20,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import time
 from typing import List, Optional
 
@@ -28,6 +29,8 @@ from .atomic import is_temp_file
 __all__ = ["FRESH_S", "is_dead", "is_shared_storage", "remove_stale_temp_files"]
 
 logger = logging.getLogger(__name__)
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
 
 # A writer locks its file right after creating it; an empty file younger than this may
 # still be in that instant.
@@ -76,7 +79,7 @@ def _mount_fstype(path: str) -> Optional[str]:
         if len(fields) < sep + 2 or len(fields) < 5:
             continue
         # Mount points escape spaces and the like as octal (\040).
-        mount = fields[4].encode().decode("unicode_escape")
+        mount = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
         inside = real == mount or real.startswith(mount.rstrip("/") + "/")
         if inside and len(mount) > best:
             best, fstype = len(mount), fields[sep + 1]
