@@ -350,10 +350,22 @@ def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
     return collections.OrderedDict(items)
 
 
+def _counter(counts: Any = None) -> collections.Counter:
+    # torch's MultiStepLR keeps its milestones in a Counter and pickles it as Counter(dict).
+    counts = {} if counts is None else counts
+    _check(type(counts) is dict, "Counter() of something not a dict")
+    _check(
+        all(type(v) in (int, float) for v in counts.values()),
+        "Counter() of counts that are not numbers",
+    )
+    return collections.Counter(counts)
+
+
 def numpy_globals() -> Dict[Tuple[str, str], Any]:
     """Globals of numpy arrays, numpy scalars and the builtins that plain pickles use."""
     out: Dict[Tuple[str, str], Any] = {
         ("collections", "OrderedDict"): Ctor("collections.OrderedDict", _ordered_dict),
+        ("collections", "Counter"): Ctor("collections.Counter", _counter),
         ("_codecs", "encode"): Ctor("_codecs.encode", _encode),
         ("builtins", "bytearray"): Ctor("bytearray", _bytearray),
         ("builtins", "set"): Ctor("set", lambda items=(): set(_hashables(items, "set"))),

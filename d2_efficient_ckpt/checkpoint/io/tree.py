@@ -7,7 +7,7 @@ recursion limit or refer to itself. :func:`check_tree` visits each object once a
 such structures, so that every later walk is bounded by ``max_paths`` and ``max_depth``.
 """
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Dict, List
 
 import numpy as np
@@ -17,7 +17,7 @@ __all__ = ["TreeError", "check_tree"]
 
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), slice)
 _TORCH_LEAVES = (torch.dtype, torch.device, torch.Tensor)
-_CONTAINERS = (dict, OrderedDict, list, tuple, set, frozenset, torch.Size)
+_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set, frozenset, torch.Size)
 
 
 class TreeError(ValueError):

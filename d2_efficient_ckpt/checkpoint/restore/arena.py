@@ -49,8 +49,10 @@ class HostArena:
     def for_tensors(
         cls, tensors: Iterable[torch.Tensor], prefault: bool = False
     ) -> Optional["HostArena"]:
-        """An arena for the tensors that share one (see :func:`shares_arena`), if any."""
-        nbytes = sum(cls.footprint(t) for t in tensors if shares_arena(t))
+        """An arena for the tensors that share one (see :func:`shares_arena`), if any; a
+        tensor listed more than once (the same object) counts once."""
+        distinct = {id(t): t for t in tensors}.values()
+        nbytes = sum(cls.footprint(t) for t in distinct if shares_arena(t))
         return cls(nbytes, prefault) if nbytes else None
 
     @staticmethod

@@ -2,10 +2,13 @@
 
 Every tensor of the state is written once into fresh memory on its device: host tensors
 share one :class:`~.arena.HostArena`, and tensors that view the checkpoint file are read
-from it with length-checked reads.
+from it with length-checked reads. A tensor the state references several times is restored
+once and referenced as often (memory follows the file's distinct tensors, not the number
+of references). Containers come back as the type they were saved as: a ``Counter`` (the
+milestones of ``MultiStepLR``), a ``defaultdict`` with its factory, an ``OrderedDict``.
 """
 
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Set
 
 import torch
 
@@ -37,23 +40,37 @@ def materialize(
     """
     if device.type == "cpu" and arena is None:
         arena = HostArena.for_tensors(tensors_in(obj))
-    return _rebuild(obj, device, arena, reader)
+    return _rebuild(obj, device, arena, reader, {})
 
 
 def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a nested structure of dicts, lists and tuples."""
+    """Every distinct tensor (by identity) in a nested structure of dicts, lists and tuples."""
+    yield from _walk(obj, set())
+
+
+def _walk(obj: Any, seen: Set[int]) -> Iterator[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
-        yield obj
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            yield from tensors_in(v)
+            yield from _walk(v, seen)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from tensors_in(v)
+            yield from _walk(v, seen)
 
 
-def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader: Any) -> Any:
+def _rebuild(
+    obj: Any,
+    device: torch.device,
+    arena: Optional[HostArena],
+    reader: Any,
+    done: Dict[int, torch.Tensor],
+) -> Any:
     if isinstance(obj, torch.Tensor):
+        if id(obj) in done:  # referenced again: the same restored tensor
+            return done[id(obj)]
         if shares_arena(obj) and arena is not None and device.type == "cpu":
             out = arena.empty_like(obj)
         else:
@@ -63,12 +80,21 @@ def _rebuild(obj: Any, device: torch.device, arena: Optional[HostArena], reader:
             out.copy_(obj)
         else:
             reader.read_into(out, obj)  # length-checked; never touches a file mapping
+        done[id(obj)] = out
         return out
     if isinstance(obj, dict):
-        items = ((k, _rebuild(v, device, arena, reader)) for k, v in obj.items())
-        return dict(items) if type(obj) is dict else type(obj)(items)
+        items = [(k, _rebuild(v, device, arena, reader, done)) for k, v in obj.items()]
+        if type(obj) is dict:
+            return dict(items)
+        # A copy keeps the type and what it carries (a defaultdict's factory); its items are
+        # then set one by one, as a Counter's update() would add them instead.
+        out = obj.copy()
+        out.clear()
+        for k, v in items:
+            out[k] = v
+        return out
     if isinstance(obj, list):
-        return [_rebuild(v, device, arena, reader) for v in obj]
+        return [_rebuild(v, device, arena, reader, done) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_rebuild(v, device, arena, reader) for v in obj)
+        return tuple(_rebuild(v, device, arena, reader, done) for v in obj)
     return obj

@@ -54,3 +54,25 @@ def test_prefaulted_arena_made_ahead_holds_the_state_and_grows_past_its_plan():
     assert m == v  # the planned tensors share the arena
     assert extra != m  # a tensor past the plan gets its own memory
     assert out["step"].dim() == 0 and out["step"].untyped_storage().data_ptr() != m
+
+
+def test_a_tensor_referenced_many_times_is_restored_once(tmp_path):
+    # One 256 KiB buffer referenced by 4,800 optimizer entries, in a real file read by the
+    # loader: the arena and the restore count it once, and every reference gets the same
+    # restored tensor (it was one tensor when saved).
+    from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+
+    shared = torch.arange(65536, dtype=torch.float32)
+    state = {"state": {i: {"momentum_buffer": shared} for i in range(4800)}}
+    path = tmp_path / "shared.pth"
+    torch.save({"model": {"w": torch.ones(1)}, "optimizer": state}, path)
+    opened = open_checkpoint(str(path))
+    _, rest = opened.split_model()
+    entries = [e["momentum_buffer"] for e in rest["optimizer"]["state"].values()]
+    arena = HostArena.for_tensors(entries)
+    assert arena is not None and arena._end - arena._pos == HostArena.footprint(shared)
+    with opened.mapping.reader() as reader:
+        out = materialize(rest["optimizer"], torch.device("cpu"), reader, arena)
+    first = out["state"][0]["momentum_buffer"]
+    assert torch.equal(first, shared)
+    assert all(e["momentum_buffer"] is first for e in out["state"].values())
