@@ -41,6 +41,7 @@ from .restore.arena import HostArena
 from .restore.device import resolve_map_location
 from .restore.model import copy_into_model
 from .restore.parity import (
+    clean_metadata,
     count_params,
     default_checkpointables,
     rename_metadata,
@@ -354,7 +355,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
             k: tuple(v.shape) for k, v in model_sd.items() if not torch.nn.parameter.is_lazy(v)
         }
         report.num_keys_model = len(model_sd)
-        if checkpoint.get("matching_heuristics", False):  # returned to the caller, as stock
+        if checkpoint.get("matching_heuristics", False) is True:  # returned, as stock
             state = self._match_names(state, model_sd, checkpoint.get("__author__"))
         else:
             current.checkpoint_keys = list(state)  # the names as stored, for the explanations
@@ -367,7 +368,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         to_copy = {key: as_tensor(state[ck]) for key, ck in plan.copy.items()}
         self._prefetch(to_copy, checkpoint, leaves_keys_out=bool(plan.skipped))
         # Module versions follow renamed keys; name matching built a state without them.
-        metadata = rename_metadata(getattr(state, "_metadata", None), plan.names)
+        metadata = rename_metadata(clean_metadata(getattr(state, "_metadata", None)), plan.names)
         with FileReader(current.mapping) as reader:
             report.loaded = copy_into_model(self.model, to_copy, metadata, reader)
         tied = tied_keys(self.model, model_sd)

@@ -8,7 +8,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from ..keys.grouping import coarsen_patterns, group_keys
 from .base import ExplainContext, Explanation, recogniser
 
-_BLOCK = re.compile(r"^(?P<p>(?:.*\.)?)(?P<stage>res[2-5])\.(?P<block>\d+)\.")
+# Block numbers are ASCII digits of bounded length: int() of thousands of digits raises.
+_BLOCK = re.compile(r"^(?P<p>(?:.*\.)?)(?P<stage>res[2-5])\.(?P<block>[0-9]{1,9})\.")
 _STAGES = ("res2", "res3", "res4", "res5")
 # Blocks per stage -> {bottleneck?: depth}.
 _DEPTHS = {

@@ -8,7 +8,7 @@ from .base import ExplainContext, Explanation, recogniser
 from .heads import LABEL_SETS, plain_lists, preview_names
 
 _OUTPUT = re.compile(r"^(?P<p>(?:.*\.)?head)\.(?:cls_score|bbox_pred)\.\w+$")
-_SUBNET = re.compile(r"^(?P<p>(?:.*\.)?head)\.(?P<net>cls|bbox)_subnet\.(?P<i>\d+)\.\w+$")
+_SUBNET = re.compile(r"^(?P<p>(?:.*\.)?head)\.(?P<net>cls|bbox)_subnet\.(?P<i>[0-9]{1,9})\.\w+$")
 
 
 def _rows(ctx: ExplainContext, key: str) -> Optional[Tuple[int, int]]:

@@ -155,7 +155,7 @@ def _merge(
 
 def _common_start(siblings: Sequence[str], names: Sequence[str]) -> str:
     start = os.path.commonprefix(list(names))
-    if len(start) < 2 or start.isdigit():
+    if len(start) < 2 or (start.isascii() and start.isdigit()):
         return ""
     chosen = set(names)
     if any(s.startswith(start) and s not in chosen for s in siblings):
@@ -163,8 +163,14 @@ def _common_start(siblings: Sequence[str], names: Sequence[str]) -> str:
     return start
 
 
+def _is_index(name: str) -> bool:
+    # ASCII digits only, and few of them: str.isdigit() admits "²", which int() refuses, and
+    # int() of thousands of digits raises (and costs quadratic time) where the limit is set.
+    return 0 < len(name) <= 18 and name.isascii() and name.isdigit()
+
+
 def _brace(names: Sequence[str]) -> str:
-    if not all(n.isdigit() for n in names):
+    if not all(_is_index(n) for n in names):
         return ",".join(names)
     nums = sorted(int(n) for n in names)
     runs, start, prev = [], nums[0], nums[0]

@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _NormBase  # adds the step counter of old
 from torch.nn.parameter import is_lazy
 
 __all__ = [
+    "clean_metadata",
     "named_modules_with_aliases",
     "tied_keys",
     "loaded_through_ties",
@@ -153,6 +154,36 @@ def resizable_keys(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Set[s
 
 def _owner(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
+
+
+# The one entry of a module's _metadata that torch's and detectron2's modules read; a file
+# can put others there (assign_to_params_buffers swaps a module's parameters for new
+# tensors behind the optimizer's back), and they are dropped.
+_METADATA_KEYS = ("version",)
+_MAX_VERSION = 1 << 20
+
+
+def clean_metadata(metadata: Any) -> Optional[Dict[str, Dict[str, int]]]:
+    """The part of a checkpoint's ``_metadata`` that modules may see, or None.
+
+    Only string module names mapping to ``{"version": n}`` with ``n`` a small natural number
+    are kept: that is all ``_load_from_state_dict`` of torch's and detectron2's modules read.
+    Any other key (``assign_to_params_buffers``, ...), value type (``"x"``, a bool, a huge
+    integer) or shape is left out, so that a file cannot change how a module loads.
+    """
+    if not isinstance(metadata, dict):
+        return None
+    out: Dict[str, Dict[str, int]] = {}
+    for name, entry in metadata.items():
+        if type(name) is not str or not isinstance(entry, dict):
+            continue
+        kept = {
+            k: v
+            for k, v in entry.items()
+            if k in _METADATA_KEYS and type(v) is int and 0 <= v <= _MAX_VERSION
+        }
+        out[name] = kept
+    return out
 
 
 def rename_metadata(metadata: Any, names: Mapping[str, str]) -> Any:
