@@ -280,34 +280,58 @@ def _build_dtype(pending: _PendingDtype, state: Any) -> np.dtype:
     return pending.base.newbyteorder(order) if order in "<>" else pending.base
 
 
-def _build_array(state: Any) -> np.ndarray:
+def _build_array(state: Any, blobs: Dict[int, Any]) -> np.ndarray:
+    """A writable numpy array in native byte order from its pickled state.
+
+    Arrays whose state names the same data bytes (a pickle can reference one blob any number
+    of times) are views of one copy of it, so their memory is that of the file's bytes, not
+    of the number of references; such a shared blob can back only native-order arrays.
+    A big-endian array is converted to native order, with the same values: torch reads only
+    native order.
+    """
     _check(isinstance(state, tuple) and len(state) in (4, 5), "a numpy array state")
     if len(state) == 5:
         _check(state[0] == 1, "a numpy array state of an unknown version")
         state = state[1:]
-    shape, dtype, fortran, raw = state
+    shape, dtype, fortran, pickled = state
     _shape(shape, "a numpy array's shape")
     _check(isinstance(dtype, np.dtype) and not dtype.hasobject, "a numpy array's dtype")
     _check(type(fortran) in (bool, int), "a numpy array's order flag")
-    raw = _raw_bytes(raw)
+    raw = _raw_bytes(pickled)
     _check(
         len(raw) == math.prod(shape) * dtype.itemsize,
         f"numpy array data has {len(raw)} bytes but shape {shape} needs "
         f"{math.prod(shape) * dtype.itemsize}",
     )
-    flat = np.frombuffer(raw, dtype=dtype)
-    return flat.reshape(shape, order="F" if fortran else "C").copy()
+    order = "F" if fortran else "C"
+    # Keyed by the pickled object itself (kept alive in the entry, so its id stays its own).
+    seen = blobs.get(id(pickled))
+    if not dtype.isnative:
+        _check(seen is None, "numpy data shared by an array in another byte order")
+        blobs[id(pickled)] = (pickled, None)  # no other array may share it
+        flat = np.frombuffer(raw, dtype=dtype)
+        return flat.reshape(shape, order=order).astype(dtype.newbyteorder("="))
+    if seen is None:
+        seen = blobs[id(pickled)] = (pickled, np.frombuffer(bytearray(raw), dtype=np.uint8))
+    _check(seen[1] is not None, "numpy data shared by an array in another byte order")
+    return seen[1].view(dtype).reshape(shape, order=order)
 
 
-def build_pending(pending: Pending, state: Any) -> Any:
+def build_pending(pending: Pending, state: Any, blobs: Dict[int, Any]) -> Any:
     """The real object for ``pending`` given its ``BUILD`` state, after checking it.
+
+    Args:
+        pending: the placeholder a constructor returned.
+        state: its ``BUILD`` state.
+        blobs: per load, the data copies arrays share (see :func:`_build_array`); it also
+            keeps every blob alive while the load runs, so ids are not reused.
 
     Raises:
         ValueError: the state is not that of a plain numeric array or dtype.
     """
     if isinstance(pending, _PendingDtype):
         return _build_dtype(pending, state)
-    return _build_array(state)
+    return _build_array(state, blobs)
 
 
 def _encode(text: Any, encoding: Any = "latin1") -> bytes:

@@ -14,6 +14,7 @@ with ``SIGBUS``; a read cannot.
 
 import ctypes
 import os
+import stat
 import threading
 from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
 
@@ -73,8 +74,25 @@ def open_exact(path: str) -> int:
     mark a page in it; a later large read that reaches the marked page then reads ahead
     by its own size, into tensors a selective load leaves out. Every read of checkpoint
     bytes goes through a descriptor opened here.
+
+    The open never blocks, and only a regular file is accepted: a FIFO or a device put under
+    the name (also after the format was detected) is refused before any read.
+
+    Raises:
+        CheckpointFormatError: ``path`` is not a regular file.
+        OSError: it cannot be opened.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not is_file:
+        os.close(fd)
+        raise CheckpointFormatError(
+            path, "it is not a regular file (a FIFO, a device or a socket)."
+        )
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return fd

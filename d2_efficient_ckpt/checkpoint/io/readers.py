@@ -178,7 +178,10 @@ def detect_format(path: str) -> str:
         raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
     if head.startswith(b"PK\x03\x04"):
         try:
-            is_zip = zipfile.is_zipfile(path)
+            with os.fdopen(open_exact(path), "rb") as f:  # never a FIFO swapped in since
+                is_zip = zipfile.is_zipfile(f)
+        except OSError as e:
+            raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
         except zipfile.BadZipFile:  # raised for some damaged end records (e.g. "multi-disk")
             is_zip = False
         if not is_zip:
@@ -290,7 +293,7 @@ def _torch_load_trusted(path: str, *, mmap: bool) -> Any:
 
 def _open_zoo_pickle(path: str, weights_only: bool) -> OpenedCheckpoint:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_exact(path), "rb") as f:
             if weights_only:
                 data, _ = unpickle(f.read(), find_global=_find_zoo_global, encoding="latin1")
             else:

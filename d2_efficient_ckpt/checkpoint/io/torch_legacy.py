@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointFormatError
 from .allowlist import StorageRef, Token
-from .mapped import FileIdentity, read_exact
+from .mapped import FileIdentity, open_exact, read_exact
 from .torch_zip import find_global, pickle_error
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
@@ -32,7 +32,7 @@ def load_torch_legacy(path: str) -> Any:
         CheckpointFormatError: truncated or damaged file, or a pickle that is not data.
         UnsafeCheckpointError: the pickle names a global outside the allowlist.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_exact(path)
     try:
         identity = FileIdentity.of_fd(fd)
         data = read_exact(fd, 0, identity.size, path)

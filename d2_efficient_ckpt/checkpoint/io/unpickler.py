@@ -56,6 +56,8 @@ class UnsafeGlobal(PickleError):
 
 
 _MARK = object()  # a stack marker only this module can create
+# The attributes a torch state dict carries (module versions); BUILD may set no other.
+_STATE_DICT_ATTRIBUTES = ("_metadata",)
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
 _unpack_Q = struct.Struct("<Q").unpack_from
@@ -144,6 +146,7 @@ def _run(data, pos, find_global, persistent_load, encoding):  # noqa: C901 (one 
     metastack: List[List[Any]] = []
     memo: Dict[int, Any] = {}
     pending_memo: Dict[int, List[int]] = {}  # id(pending object) -> memo keys holding it
+    blobs: Dict[int, Any] = {}  # id(data bytes) -> the one copy arrays over them share
     n = len(data)
 
     def pop_mark() -> List[Any]:
@@ -313,7 +316,7 @@ def _run(data, pos, find_global, persistent_load, encoding):  # noqa: C901 (one 
         elif op == 0x62:  # BUILD
             state = stack.pop()
             inst = stack[-1]
-            stack[-1] = _build(inst, state, memo, pending_memo, pos)
+            stack[-1] = _build(inst, state, memo, pending_memo, blobs, pos)
         elif op == 0x63:  # GLOBAL
             module = line().decode("utf-8")
             name = line().decode("utf-8")
@@ -425,22 +428,26 @@ def _persistent(persistent_load, pid: Any, pos: int) -> Any:
 
 
 def _build(
-    inst: Any, state: Any, memo: Dict[int, Any], pending_memo: Mapping[int, List[int]], pos: int
+    inst: Any,
+    state: Any,
+    memo: Dict[int, Any],
+    pending_memo: Mapping[int, List[int]],
+    blobs: Dict[int, Any],
+    pos: int,
 ) -> Any:
     """``BUILD``: only objects of this load that expect a state."""
     if isinstance(inst, Pending):
-        built = build_pending(inst, state)
+        built = build_pending(inst, state, blobs)
         for key in pending_memo.get(id(inst), ()):
             if memo.get(key) is inst:
                 memo[key] = built
         return built
     if type(inst) is OrderedDict:
-        # torch state dicts carry module versions as an attribute, e.g. ``_metadata``.
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and not k.startswith("__") for k in state
-        ):
+        # torch state dicts carry module versions as one attribute, ``_metadata``; any other
+        # name could shadow a method (``items``) of the state dict it is set on.
+        if not isinstance(state, dict) or not all(k in _STATE_DICT_ATTRIBUTES for k in state):
             raise MalformedPickle(
-                "BUILD of an OrderedDict with a state that is not attributes", pos
+                "BUILD of an OrderedDict with attributes other than _metadata", pos
             )
         inst.__dict__.update(state)
         return inst

@@ -152,19 +152,19 @@ def read_record(path: str) -> Optional[IntegrityRecord]:
     try:
         raw = json.loads(read_regular_file(side, _RECORD_LIMIT).decode("utf-8"))
         record = IntegrityRecord(
-            file=str(raw["file"]),
-            size=int(raw["size"]),
-            hash=str(raw["hash"]),
-            algorithm=str(raw.get("algorithm", HASH_NAME)),
-            iteration=int(raw.get("iteration", -1)),
-            created=float(raw.get("created", 0.0)),
-            run=str(raw.get("run", "")),
+            file=_text(raw["file"]),
+            size=_natural(raw["size"], "size"),
+            hash=_text(raw["hash"]),
+            algorithm=_text(raw.get("algorithm", HASH_NAME)),
+            iteration=_natural(raw.get("iteration", -1), "iteration", least=-1),
+            created=_seconds(raw.get("created", 0.0)),
+            run=_text(raw.get("run", "")),
         )
     except FileNotFoundError:
         return None
     except NotRegularFileError as e:
         raise IntegrityError(path, f"its integrity record {side} is {e.strerror}.") from e
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         raise IntegrityError(path, f"its integrity record {side} is unreadable ({e}).") from e
     if record.file != os.path.basename(path):
         raise IntegrityError(
@@ -173,6 +173,26 @@ def read_record(path: str) -> Optional[IntegrityRecord]:
             "so it says nothing about this one.",
         )
     return record
+
+
+def _text(value: object) -> str:
+    if type(value) is not str or len(value) > 4096:
+        raise ValueError("a field that should be a short string is not one")
+    return value
+
+
+def _natural(value: object, name: str, least: int = 0) -> int:
+    # Every number of a record is checked before any arithmetic: JSON allows integers of any
+    # length and Infinity, which int() and float() turn into errors of their own.
+    if type(value) is not int or not least <= value < 1 << 63:
+        raise ValueError(f"'{name}' is not an integer from {least} to 2**63")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if type(value) not in (int, float) or not 0 <= value < 1e12:  # type: ignore[operator]
+        raise ValueError("'created' is not a time in seconds")
+    return float(value)  # type: ignore[arg-type]
 
 
 def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
