@@ -133,14 +133,26 @@ def _is_int(x: Any) -> bool:
     return type(x) is int
 
 
+# Every size, stride and offset of a tensor or array is below this before any arithmetic:
+# a product of 64 integers of 128 KiB each would take minutes to compute.
+MAX_DIM = 1 << 62
+
+
 def _shape(value: Any, what: str) -> Tuple[int, ...]:
     if type(value) is tuple and len(value) <= MAX_DIMS:
         for v in value:
-            if type(v) is not int or v < 0:
+            if type(v) is not int or not 0 <= v < MAX_DIM:
                 break
         else:
             return value
-    raise ValueError(f"{what} is not a tuple of at most {MAX_DIMS} non-negative integers")
+    raise ValueError(f"{what} is not a tuple of at most {MAX_DIMS} integers from 0 to 2**62")
+
+
+def _elements_viewed(offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]) -> int:
+    """How many elements of its storage a strided view reaches, from the storage's start."""
+    if 0 in size:
+        return 0
+    return offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
 
 
 def _empty_hooks(value: Any) -> bool:
@@ -158,10 +170,16 @@ def _rebuild_tensor(
     metadata: Any = None,
 ) -> torch.Tensor:
     _check(isinstance(ref, StorageRef), "a tensor's storage is not a storage of this file")
-    _check(_is_int(offset) and offset >= 0, "a tensor's storage offset is not a natural number")
+    _check(_is_int(offset) and 0 <= offset < MAX_DIM, "a tensor's storage offset is out of range")
     _shape(size, "a tensor's size")
     _shape(stride, "a tensor's stride")
     _check(len(size) == len(stride), "a tensor's size and stride differ in length")
+    # Against the storage's own bytes, on every reader: set_() grows a resizable storage
+    # instead of refusing a view that leaves it, which would hold uninitialised memory.
+    _check(
+        _elements_viewed(offset, size, stride) * itemsize(ref.dtype) <= ref.storage.nbytes(),
+        "a tensor reaches past the end of its storage",
+    )
     _check(type(requires_grad) is bool, "a tensor's requires_grad is not a bool")
     _check(hooks is None or _empty_hooks(hooks), "a tensor carries backward hooks")
     _check(metadata is None or metadata == {}, "a tensor carries metadata this reader ignores")

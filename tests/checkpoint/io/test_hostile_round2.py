@@ -9,7 +9,9 @@ exception, only the file's true values.
 import json
 import os
 import pickle
+import struct
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -138,3 +140,71 @@ def test_record_numbers_out_of_range_are_our_error(tmp_path, field, value):
         f.write(json.dumps(record))
     with pytest.raises(IntegrityError, match="integrity record"):
         check_cheap(str(path))
+
+
+def _long(value):
+    # LONG4: integers of any length, as pickle writes them.
+    raw = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+    return b"\x8b" + struct.pack("<i", len(raw)) + raw
+
+
+def _legacy_tensor(numel, shape, stride):
+    # The legacy persistent id: ("storage", type, key, location, numel, view).
+    sid = h.tup(
+        h.s("storage"), h.glob("torch", "FloatStorage"), h.s("0"), h.s("cpu"), h.i(4), h.NONE
+    )
+    return h.call(
+        h.glob("torch._utils", "_rebuild_tensor_v2"),
+        sid + h.BINPERSID,
+        h.i(0),
+        h.tup(*[h.i(v) for v in shape]),
+        h.tup(*[h.i(v) for v in stride]),
+        h.NEWFALSE,
+        h.call(h.glob("collections", "OrderedDict")),
+    )
+
+
+def _legacy_with(tmp_path, name, tensor_pkl, numel=4):
+    # A legacy file whose storage "0" holds `numel` floats, viewed by the given tensor.
+    main = h.program(h.dict_of({"model": h.dict_of({"w": tensor_pkl})}))
+    keys = h.plain_pickle(["0"])
+    data = struct.pack("<q", numel) + torch.arange(float(numel)).numpy().tobytes()
+    return h.legacy_raw(str(tmp_path / f"{name}.pth"), main, keys, data)
+
+
+@pytest.mark.parametrize("reader", ["legacy", "zip", "pyth"])
+def test_a_tensor_bigger_than_its_storage_is_refused_on_every_reader(tmp_path, reader):
+    # 4 floats of storage, a view of 1,000: set_() on a growable storage would grow it and
+    # hand out uninitialised memory as the file's values.
+    views = {"big": ((1000,), (1,)), "strided": ((2, 2), (3, 1))}  # the second reaches 4 of 0..3
+    for name, (shape, stride) in views.items():
+        if reader == "legacy":
+            path = _legacy_with(tmp_path, name, _legacy_tensor(4, shape, stride))
+        else:
+            pkl = h.tensor("0", 4, shape=shape, stride=stride)
+            prog = h.program(h.dict_of({"model": h.dict_of({"w": pkl})}))
+            path = h.torch_zip(
+                str(tmp_path / f"{name}.{'pth' if reader == 'zip' else 'pyth'}"), prog
+            )
+        for mmap in (True, False):
+            with pytest.raises(CheckpointFormatError, match="past the end of its storage"):
+                open_checkpoint(path, mmap=mmap).split_model()
+
+
+def test_huge_dimensions_are_refused_before_any_arithmetic(tmp_path):
+    huge = _long(1 << (8 * 128 * 1024))  # a 128 KiB integer
+    rebuilt = h.call(
+        h.glob("torch._utils", "_rebuild_tensor_v2"),
+        h.storage("0", 4),
+        h.i(0),
+        h.tup(*[huge] * 64),
+        h.tup(*[h.i(1)] * 64),
+        h.NEWFALSE,
+        h.call(h.glob("collections", "OrderedDict")),
+    )
+    pkl = h.program(h.dict_of({"model": h.dict_of({"w": rebuilt})}))
+    path = h.torch_zip(str(tmp_path / "dims.pth"), pkl)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointFormatError, match="2\\*\\*62"):
+        open_checkpoint(path)
+    assert time.perf_counter() - start < 10
