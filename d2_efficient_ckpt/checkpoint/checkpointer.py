@@ -49,7 +49,7 @@ from .restore.parity import (
     resolve_missing,
     tied_keys,
 )
-from .restore.parts import TRAINER_PARTS, select_trainer_state
+from .restore.parts import TRAINER_PARTS, select_trainer_state, trainer_entry_problem
 from .restore.state import materialize, tensors_in
 from .save import check_cheap, describe_skipped, plan_resume
 from .save.atomic import atomic_write_bytes
@@ -330,6 +330,9 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         opened = open_checkpoint(filename, mmap=opts.mmap, weights_only=opts.weights_only)
         current.mapping = opened.mapping
         model, rest = opened.split_model()
+        problem = trainer_entry_problem(rest.get("trainer"))
+        if problem:
+            raise CheckpointFormatError(filename, problem)
         data = {"model": model, **rest}
         if current.url is not None:
             queries = parse_qs(current.url.query)

@@ -10,7 +10,7 @@ import torch
 from tabulate import tabulate
 
 from ..checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
-from ..checkpoint.io.readers import detect_format, open_checkpoint
+from ..checkpoint.io.readers import detect_format, open_checkpoint, short_text
 from ..checkpoint.io.tensors import dtype_of, shape_of
 from ..checkpoint.io.training_tree import is_training_metadata
 from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
@@ -66,8 +66,15 @@ def _entry(value: Any) -> Dict[str, Any]:
     elif isinstance(value, (list, tuple)):
         out["keys"] = len(value)
     elif isinstance(value, (bool, int, float, str)) or value is None:
-        out["value"] = value
+        out["value"] = _shown(value)
     return out
+
+
+def _shown(value: Any) -> Any:
+    # A number or string of the file as it can be printed and written as JSON.
+    if isinstance(value, str) or (type(value) is int and not -(10**30) < value < 10**30):
+        return short_text(value, 200)
+    return value
 
 
 def _dtypes(state: Mapping) -> Dict[str, Dict[str, int]]:
@@ -85,10 +92,10 @@ def _dtypes(state: Mapping) -> Dict[str, Dict[str, int]]:
 
 def _iteration(data: Dict[str, Any]) -> Any:
     if isinstance(data.get("iteration"), int):
-        return data["iteration"]
+        return _shown(data["iteration"])
     trainer = data.get("trainer")
     if isinstance(trainer, dict) and isinstance(trainer.get("iteration"), int):
-        return trainer["iteration"]
+        return _shown(trainer["iteration"])
     return None
 
 
@@ -125,7 +132,7 @@ def inspect_file(path: str) -> Dict[str, Any]:
             info["bare_state_dict"] = True
         except CheckpointFormatError:
             pass  # not a model checkpoint: show its entries as they are
-    info["entries"] = {str(k): _entry(v) for k, v in data.items()}
+    info["entries"] = {short_text(k, 200): _entry(v) for k, v in data.items()}
     info["iteration"] = _iteration(data)
     if isinstance(data.get("model"), Mapping):
         info["dtypes"] = _dtypes(data["model"])

@@ -68,12 +68,19 @@ def _safetensors_layout(path: str) -> List[str]:
     return problems
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    # isfinite has no kernel for some 8-bit float types; their values fit a float32 exactly.
+    if t.element_size() == 1:
+        t = t.float()
+    return bool(torch.isfinite(t).all())
+
+
 def _tensor_problems(opened: OpenedCheckpoint, state: Mapping, progress: bool) -> List[str]:
     bad = []
     with opened.reader() as reader:  # length-checked reads, as load() does
         for key in tqdm(list(state), desc="reading", unit="tensor", disable=not progress):
             t = reader.read(state[key])
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and not _all_finite(t):
                 bad.append(key)
     if bad:
         return [

@@ -29,6 +29,7 @@ __all__ = [
     "itemsize",
     "torch_globals",
     "numpy_globals",
+    "MAX_DIM",
     "MAX_DIMS",
 ]
 

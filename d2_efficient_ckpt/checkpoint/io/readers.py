@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointFormatError
-from .allowlist import MAX_DIMS, numpy_globals
+from .allowlist import MAX_DIM, MAX_DIMS, numpy_globals
 from .mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .torch_legacy import load_torch_legacy
 from .torch_zip import load_torch_zip, pickle_error
@@ -116,7 +116,7 @@ class OpenedCheckpoint:
             raise CheckpointFormatError(
                 self.path,
                 f"it has no 'model' entry and is not a state dict (entries: "
-                f"{', '.join(map(str, list(data)[:10]))}).",
+                f"{', '.join(short_text(k) for k in list(data)[:10])}).",
                 "Pass a checkpoint written by a Checkpointer or a model state dict.",
             )
         if not isinstance(model, Mapping):
@@ -126,7 +126,7 @@ class OpenedCheckpoint:
         bad_key = next((k for k in model if not isinstance(k, str)), None)
         if bad_key is not None:
             raise CheckpointFormatError(
-                self.path, f"its model has a key that is not a string: {str(bad_key)[:60]!r}."
+                self.path, f"its model has a key that is not a string: {short_text(bad_key, 60)}."
             )
         if not isinstance(model, _LAZY_STATES):  # their values are tensors by design
             bad = next((k for k, v in model.items() if not isinstance(v, _ARRAYS)), None)
@@ -477,6 +477,30 @@ def _parse_header(path: str, text: bytes) -> Dict[str, Any]:
     return header
 
 
+def short_text(value: Any, limit: int = 80) -> str:
+    """A value read from a file, for a message: at most ``limit`` characters, never an error.
+
+    ``str()`` of an integer of more than 4,300 digits raises, so such numbers are named by
+    their size, also inside lists and tuples; strings are shown as they are.
+    """
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, (list, tuple)):
+        parts = [short_text(v, limit) for v in value[:8]]
+        inner = ", ".join(parts) + (", ..." if len(value) > 8 else "")
+        return ("[" + inner + "]" if isinstance(value, list) else "(" + inner + ")")[:limit]
+    if type(value) is int and not -(10**30) < value < 10**30:
+        return f"<a {value.bit_length()}-bit integer>"
+    try:
+        return repr(value)[:limit]
+    except ValueError:
+        return f"<a {type(value).__name__}>"
+
+
+def _short(value: Any) -> str:
+    return short_text(value)
+
+
 def _entry(path: str, key: str, info: Any, data_size: int) -> Tuple[torch.dtype, tuple, int, int]:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise _bad_header(path, f"entry '{key}' is not {{dtype, shape, data_offsets}}")
@@ -487,16 +511,17 @@ def _entry(path: str, key: str, info: Any, data_size: int) -> Tuple[torch.dtype,
     if not (
         isinstance(shape, list)
         and len(shape) <= MAX_DIMS
-        and all(type(d) is int and d >= 0 for d in shape)
+        and all(type(d) is int and 0 <= d < MAX_DIM for d in shape)
     ):
-        raise _bad_header(path, f"tensor '{key}' has an invalid shape {str(shape)[:80]}")
+        # Each dimension below 2**62, even beside a 0: torch cannot make such a view.
+        raise _bad_header(path, f"tensor '{key}' has an invalid shape {_short(shape)}")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
         and all(type(o) is int for o in offsets)
         and 0 <= offsets[0] <= offsets[1]
     ):
-        raise _bad_header(path, f"tensor '{key}' has invalid data_offsets {str(offsets)[:80]}")
+        raise _bad_header(path, f"tensor '{key}' has invalid data_offsets {_short(offsets)}")
     start, end = offsets
     if end > data_size:
         raise CheckpointFormatError(

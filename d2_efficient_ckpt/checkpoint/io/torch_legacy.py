@@ -63,11 +63,13 @@ def load_torch_legacy(path: str) -> Any:
         return ref
 
     try:
+        # The header's values are compared only once they are known to be integers: an
+        # array there would make == elementwise, and its truth value an error.
         magic, pos = unpickle(data, find_global=find_global, start=0)
-        if magic != LEGACY_MAGIC:
+        if type(magic) is not int or magic != LEGACY_MAGIC:
             raise MalformedPickle("not a torch legacy file (wrong magic number)")
         version, pos = unpickle(data, find_global=find_global, start=pos)
-        if version != _PROTOCOL_VERSION:
+        if type(version) is not int or version != _PROTOCOL_VERSION:
             raise MalformedPickle(f"unknown legacy protocol version {version!r}")
         info, pos = unpickle(data, find_global=find_global, start=pos)
         if not isinstance(info, dict) or not info.get("little_endian", False):
@@ -85,7 +87,11 @@ def load_torch_legacy(path: str) -> Any:
 def _fill_storages(
     path: str, data: bytes, pos: int, keys: List[Any], pending: Dict[str, Any]
 ) -> None:
-    if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(pending):
+    if (
+        not isinstance(keys, list)
+        or not all(type(k) is str for k in keys)
+        or sorted(keys) != sorted(pending)
+    ):
         raise CheckpointFormatError(path, "its list of storages does not match its tensors.")
     for key in keys:
         ref, buf = pending[key]

@@ -35,6 +35,13 @@ __all__ = [
     "training_entries",
 ]
 
+# The torch dtypes numpy has a type for; an "ndarray" node over any other is refused.
+_NUMPY_DTYPES = {
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.uint16, torch.uint32, torch.uint64, torch.float16, torch.float32, torch.float64,
+    torch.complex64, torch.complex128,
+}  # fmt: skip
+
 # The file's "format" metadata; a reader that sees it decodes the "tree" metadata.
 TRAINING_FORMAT = "d2_efficient_ckpt.training/1"
 # Model weights are stored as "model/<state dict key>".
@@ -86,7 +93,12 @@ def decode(
                 raise SkeletonError(f"a {kind} node without a name")
             if kind == "tensor":
                 return tensor(name)
-            return array(name) if array is not None else tensor(name).numpy()
+            if array is not None:
+                return array(name)
+            t = tensor(name)
+            if t.dtype not in _NUMPY_DTYPES:
+                raise SkeletonError(f"an array of dtype {t.dtype}, which numpy cannot hold")
+            return t.numpy()
         if kind in ("dict", "odict", "counter"):
             items = node.get("items")
             if not isinstance(items, list):
@@ -184,8 +196,13 @@ def training_entries(path: str, tensors: Mapping, metadata: Mapping, mapping: An
         return tensors[name]
 
     def array(name: str) -> Any:
+        t = tensor(name)
+        if t.dtype not in _NUMPY_DTYPES:  # bfloat16, 8-bit floats: numpy has no such type
+            raise _bad_tree(
+                path, f"its array '{name[:200]}' has dtype {t.dtype}, which numpy cannot hold"
+            )
         with FileReader(mapping) as reader:
-            return reader.read(tensor(name)).numpy()
+            return reader.read(t).numpy()
 
     model_node = None
     rest: Dict[str, Any] = {"t": skeleton["t"], "items": []}

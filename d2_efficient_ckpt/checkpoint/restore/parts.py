@@ -10,7 +10,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 from ..options import TRAINER_PART_NAMES
 
-__all__ = ["TRAINER_PARTS", "select_trainer_state"]
+__all__ = ["TRAINER_PARTS", "select_trainer_state", "trainer_entry_problem"]
 
 # Parts of DefaultTrainer.state_dict(), as (part name, path inside the "trainer" entry).
 TRAINER_PARTS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
@@ -37,6 +37,17 @@ def _set(d: Dict, path: Tuple[str, ...], value: Any) -> None:
     for k in path[:-1]:
         d = d.setdefault(k, {})
     d[path[-1]] = value
+
+
+def trainer_entry_problem(saved: Any) -> str:
+    """Why a checkpoint's ``trainer`` entry cannot be split into parts, "" if it can.
+
+    The parts are looked up by path (a missing or odd inner node is an absent part), but the
+    hook states are a map from hook names to states: anything else is a broken file.
+    """
+    if isinstance(saved, dict) and "hooks" in saved and not isinstance(saved["hooks"], dict):
+        return f"its trainer entry's hooks are a {type(saved['hooks']).__name__}, not a dict."
+    return ""
 
 
 def select_trainer_state(

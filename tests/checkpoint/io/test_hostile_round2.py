@@ -208,3 +208,84 @@ def test_huge_dimensions_are_refused_before_any_arithmetic(tmp_path):
     with pytest.raises(CheckpointFormatError, match="2\\*\\*62"):
         open_checkpoint(path)
     assert time.perf_counter() - start < 10
+
+
+def test_huge_integers_are_named_by_size_in_messages_and_inspect(tmp_path, capsys):
+    from d2_efficient_ckpt.cli import main as cli
+
+    huge = 10**5000
+    # A state dict with a non-string key: the message shows it without str() of 5000 digits.
+    pkl = h.program(h.dict_of({"model": h.EMPTY_DICT[:0] + _int_keyed(huge)}))
+    path = h.torch_zip(str(tmp_path / "key.pth"), pkl)
+    with pytest.raises(CheckpointFormatError, match="bit integer"):
+        open_checkpoint(path).split_model()
+    # An iteration of 5000 digits: inspect shows it, with exit 0 and valid JSON.
+    p2 = str(tmp_path / "iter.pth")
+    torch.save({"model": {"w": torch.ones(1)}, "iteration": huge}, p2)
+    assert cli(["inspect", p2, "--json"]) == 0
+    assert "bit integer" in json.loads(capsys.readouterr().out)["iteration"]
+    assert cli(["inspect", p2]) == 0
+
+
+def _int_keyed(key):
+    return h.EMPTY_DICT + _long(key) + h.i(1) + h.SETITEM
+
+
+def test_legacy_header_and_key_list_of_other_types_are_our_error(tmp_path):
+    # The storage list names the int 0 where the tensors use storage "0".
+    main = h.program(h.dict_of({"model": h.dict_of({"w": _legacy_tensor(4, (4,), (1,))})}))
+    data = struct.pack("<q", 4) + torch.arange(4.0).numpy().tobytes()
+    zero = h.legacy_raw(str(tmp_path / "keys.pth"), main, h.plain_pickle([0]), data)
+    with pytest.raises(CheckpointFormatError, match="list of storages"):
+        open_checkpoint(zero)
+    # The file starts with the magic number's bytes, but its first pickle yields an array.
+    magic = h.plain_pickle(0x1950A86A20F9469CFC6C)[:-1] + h.POP
+    array = h.plain_pickle(np.array([1, 2]))[2:]
+    path = h.raw_file(str(tmp_path / "magic.pth"), magic + array + h.plain_pickle({}))
+    with pytest.raises(CheckpointFormatError, match="magic number"):
+        open_checkpoint(path)
+
+
+def test_safetensors_dimension_beside_a_zero_is_bounded(tmp_path):
+    path = h.safetensors(
+        str(tmp_path / "dims.safetensors"),
+        {"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}},
+        b"",
+    )
+    with pytest.raises(CheckpointFormatError, match="invalid shape"):
+        open_checkpoint(path)
+
+
+def test_verify_reads_8_bit_float_files(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from d2_efficient_ckpt.cli import main as cli
+
+    path = str(tmp_path / "fp8.safetensors")
+    w = torch.tensor([0.5, -2.0, 448.0]).to(torch.float8_e4m3fn)
+    save_file({"w": w, "v": torch.tensor([1.0, -3.0]).to(torch.float8_e5m2)}, path)
+    assert cli(["verify", path, "--json"]) == 0, capsys.readouterr()
+
+
+def test_hooks_of_another_shape_are_our_error(tmp_path):
+    from d2_efficient_ckpt import EfficientDetectionCheckpointer
+
+    path = str(tmp_path / "hooks.pth")
+    torch.save(
+        {
+            "model": {"weight": torch.ones(2, 2), "bias": torch.ones(2)},
+            "trainer": {"hooks": [1, 2]},
+        },
+        path,
+    )
+
+    class Trainer:
+        def state_dict(self):
+            return {"iteration": 0, "hooks": {}}
+
+        def load_state_dict(self, state):
+            pass
+
+    ck = EfficientDetectionCheckpointer(torch.nn.Linear(2, 2), trainer=Trainer())
+    with pytest.raises(CheckpointFormatError, match="hooks are a list"):
+        ck.load(path)
