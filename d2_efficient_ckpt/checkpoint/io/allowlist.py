@@ -26,6 +26,7 @@ __all__ = [
     "Pending",
     "StorageRef",
     "build_pending",
+    "is_safe_key",
     "itemsize",
     "torch_globals",
     "numpy_globals",
@@ -154,6 +155,32 @@ def _elements_viewed(offset: int, size: Tuple[int, ...], stride: Tuple[int, ...]
     if 0 in size:
         return 0
     return offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+
+
+# Keys of dicts and members of sets built from a file: types whose hashes a file cannot make
+# collide in bulk, so that building them stays linear. Python's hash of an int is the int
+# modulo 2**61 - 1 (k and k + 2**61 - 1 collide), and a float's is its value modulo the same
+# prime (1.5 and 1.5 * 2**61 collide); strings and bytes use randomized SipHash.
+_HASH_MODULUS = (1 << 61) - 1
+_FLOAT_KEY_BOUND = float(1 << 53)
+
+
+def is_safe_key(key: Any, _nested: bool = False) -> bool:
+    """Whether ``key`` may be a dict key or set member of a checkpoint's data.
+
+    Strings, bytes, bools and None; integers of absolute value below ``2**61 - 1``; finite
+    floats below ``2**53`` in magnitude; and tuples of up to 8 of those (not nested).
+    """
+    kind = type(key)
+    if kind in (str, bytes, bool) or key is None:
+        return True
+    if kind is int:
+        return -_HASH_MODULUS < key < _HASH_MODULUS
+    if kind is float:
+        return -_FLOAT_KEY_BOUND < key < _FLOAT_KEY_BOUND  # False for NaN and infinities
+    if kind is tuple and not _nested:
+        return len(key) <= 8 and all(is_safe_key(k, True) for k in key)
+    return False
 
 
 def _empty_hooks(value: Any) -> bool:
@@ -368,6 +395,7 @@ def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
 
 def _hashables(items: Any, what: str) -> Any:
     _check(isinstance(items, (list, tuple)), f"{what}() of something not a list")
+    _check(all(is_safe_key(k) for k in items), f"{what}() of members whose hashes may collide")
     return items
 
 
@@ -387,8 +415,8 @@ def _slice(*args: Any) -> slice:
 def _ordered_dict(items: Any = ()) -> collections.OrderedDict:
     _check(
         isinstance(items, (list, tuple))
-        and all(isinstance(p, tuple) and len(p) == 2 for p in items),
-        "OrderedDict() of something not a list of pairs",
+        and all(isinstance(p, tuple) and len(p) == 2 and is_safe_key(p[0]) for p in items),
+        "OrderedDict() of something not a list of (key, value) pairs",
     )
     return collections.OrderedDict(items)
 

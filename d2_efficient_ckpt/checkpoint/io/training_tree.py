@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..errors import CheckpointFormatError
+from .allowlist import is_safe_key
 from .mapped import FileReader
 from .unpickler import MAX_DEPTH
 
@@ -46,8 +47,6 @@ _NUMPY_DTYPES = {
 TRAINING_FORMAT = "d2_efficient_ckpt.training/1"
 # Model weights are stored as "model/<state dict key>".
 MODEL_PREFIX = "model/"
-
-_KEYS = (str, int, float, bool, type(None))
 
 
 class SkeletonError(ValueError):
@@ -108,8 +107,8 @@ def decode(
             else:
                 out = OrderedDict() if kind == "odict" or "meta" in node else {}
             for item in items:
-                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], _KEYS)):
-                    raise SkeletonError(f"a {kind} item that is not [scalar key, value]")
+                if not (isinstance(item, list) and len(item) == 2 and is_safe_key(item[0])):
+                    raise SkeletonError(f"a {kind} item that is not [short scalar key, value]")
                 out[item[0]] = walk(item[1], depth + 1)
             if "meta" in node:
                 out._metadata = walk(node["meta"], depth + 1)

@@ -23,7 +23,7 @@ import struct
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .allowlist import Ctor, Pending, build_pending
+from .allowlist import Ctor, Pending, build_pending, is_safe_key
 from .tree import TreeError, check_tree
 
 __all__ = ["PickleError", "MalformedPickle", "UnsafeGlobal", "unpickle"]
@@ -293,14 +293,14 @@ def _run(data, pos, find_global, persistent_load, encoding):  # noqa: C901 (one 
             if not isinstance(d, dict) or len(items) % 2:
                 raise MalformedPickle("SETITEMS on something that is not a dict", pos)
             for i in range(0, len(items), 2):
-                d[items[i]] = items[i + 1]
+                d[_key(items[i], pos)] = items[i + 1]
         elif op == 0x73:  # SETITEM
             v = stack.pop()
             k = stack.pop()
             d = stack[-1]
             if not isinstance(d, dict):
                 raise MalformedPickle("SETITEM on something that is not a dict", pos)
-            d[k] = v
+            d[_key(k, pos)] = v
         elif op == 0x65:  # APPENDS
             items = pop_mark()
             lst = stack[-1]
@@ -381,10 +381,10 @@ def _run(data, pos, find_global, persistent_load, encoding):  # noqa: C901 (one 
             s = stack[-1]
             if not isinstance(s, set):
                 raise MalformedPickle("ADDITEMS on something that is not a set", pos)
-            s.update(items)
+            s.update(_key(k, pos) for k in items)
         elif op == 0x91:  # FROZENSET
             items = pop_mark()
-            stack.append(frozenset(items))
+            stack.append(frozenset(_key(k, pos) for k in items))
         elif op == 0x6C:  # LIST
             items = pop_mark()
             stack.append(items)
@@ -392,7 +392,7 @@ def _run(data, pos, find_global, persistent_load, encoding):  # noqa: C901 (one 
             items = pop_mark()
             if len(items) % 2:
                 raise MalformedPickle("DICT with an odd number of items", pos)
-            stack.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+            stack.append({_key(items[i], pos): items[i + 1] for i in range(0, len(items), 2)})
         elif op == 0x70:  # PUT
             memo_put(int(line()), stack[-1])
         elif op == 0x67:  # GET
@@ -425,6 +425,15 @@ def _persistent(persistent_load, pid: Any, pos: int) -> Any:
     if persistent_load is None:
         raise MalformedPickle("persistent ids are not used by this format", pos)
     return persistent_load(pid)
+
+
+def _key(key: Any, pos: int) -> Any:
+    # Checked before it is hashed: keys whose hashes collide make a dict quadratic to build.
+    if not is_safe_key(key):
+        raise MalformedPickle(
+            f"a dict key of type {type(key).__name__} that is not a plain short value", pos
+        )
+    return key
 
 
 def _build(

@@ -47,6 +47,11 @@ class _Node:
         self.keys: List[str] = []
 
 
+# Real keys have fewer than 15 dotted parts; past this many, the rest of a key is one part,
+# so that a key of a million dots costs one node, not a million.
+MAX_PARTS = 32
+
+
 def _build(statuses: Mapping[str, str]) -> _Node:
     root = _Node()
     for key, status in statuses.items():
@@ -54,7 +59,7 @@ def _build(statuses: Mapping[str, str]) -> _Node:
         node.statuses.add(status)
         node.keys.append(key)
         node.counts[status] = node.counts.get(status, 0) + 1
-        for part in key.split("."):
+        for part in key.split(".", MAX_PARTS - 1):
             node = node.children.setdefault(part, _Node())
             node.statuses.add(status)
             node.keys.append(key)

@@ -30,6 +30,7 @@ TV_KEY = re.compile(
     rf"(?:conv1\.weight|bn1\.{_BN}|layer[1-4]\.\d+\.(?:conv\d\.weight|bn\d\.{_BN}|"
     rf"downsample\.0\.weight|downsample\.1\.{_BN})|fc\.(?:weight|bias))"
 )
+_TV_PARTS = 5  # layer1.0.downsample.0.weight
 C2_KEY = re.compile(r"^[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*_(?:w|b|s|rm|riv)$")
 PYCLS_KEY = re.compile(r"^(?:stem\.(?:conv|bn)\.|s\d+\.b\d+\.|head\.fc\.)")
 # What a torchvision ResNet expects of its input and stride placement, in config terms.
@@ -63,7 +64,9 @@ def torchvision_source_prefix(keys: Sequence[str]) -> Optional[str]:
     found = Counter()
     for key in keys:
         parts = key.split(".")
-        for i in range(len(parts)):
+        # A torchvision name has at most 5 parts: only the last few suffixes can be one (all
+        # of them would be quadratic in a key's length).
+        for i in range(max(0, len(parts) - _TV_PARTS), len(parts)):
             if TV_KEY.fullmatch(".".join(parts[i:])):
                 found[".".join(parts[:i]) + "." if i else ""] += 1
                 break

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
+from ..io.allowlist import is_safe_key
 from ..io.training_tree import TRAINING_FORMAT, decode
 from .errors import SaveConfigError
 
@@ -54,7 +55,8 @@ def encode(data: Any) -> Tuple[Dict[str, torch.Tensor], Any]:
         if isinstance(obj, dict):
             items = []
             for key, value in obj.items():
-                if not isinstance(key, _SCALARS):
+                # The reader's key policy: what it would refuse is never written.
+                if not isinstance(key, _SCALARS) or not is_safe_key(key):
                     raise _unstorable(path, f"a dict key of type {type(key).__name__}")
                 items.append([key, walk(value, path + [str(key)])])
             # Counter keeps its type: torch's MultiStepLR looks up missing milestones in it.

@@ -214,10 +214,10 @@ def test_huge_integers_are_named_by_size_in_messages_and_inspect(tmp_path, capsy
     from d2_efficient_ckpt.cli import main as cli
 
     huge = 10**5000
-    # A state dict with a non-string key: the message shows it without str() of 5000 digits.
-    pkl = h.program(h.dict_of({"model": h.EMPTY_DICT[:0] + _int_keyed(huge)}))
+    # As a dict key it is refused before it is hashed (see the key policy), by type name.
+    pkl = h.program(h.dict_of({"model": _int_keyed(huge)}))
     path = h.torch_zip(str(tmp_path / "key.pth"), pkl)
-    with pytest.raises(CheckpointFormatError, match="bit integer"):
+    with pytest.raises(CheckpointFormatError, match="dict key of type int"):
         open_checkpoint(path).split_model()
     # An iteration of 5000 digits: inspect shows it, with exit 0 and valid JSON.
     p2 = str(tmp_path / "iter.pth")
@@ -289,3 +289,58 @@ def test_hooks_of_another_shape_are_our_error(tmp_path):
     ck = EfficientDetectionCheckpointer(torch.nn.Linear(2, 2), trainer=Trainer())
     with pytest.raises(CheckpointFormatError, match="hooks are a list"):
         ck.load(path)
+
+
+def _colliding_int_keys(n):
+    # Python hashes an int modulo 2**61 - 1: all of these hash to 7.
+    return [7 + i * ((1 << 61) - 1) for i in range(n)]
+
+
+def test_dict_keys_whose_hashes_collide_are_refused_fast(tmp_path):
+    keys = _colliding_int_keys(100_000)
+    body = b"".join(_long(k) + h.i(0) for k in keys)
+    state = h.EMPTY_DICT + h.MARK + body + h.SETITEMS
+    pkl = h.program(h.dict_of({"model": h.EMPTY_DICT, "optimizer": state}))
+    start = time.perf_counter()
+    for path in h.all_formats(tmp_path, "flood", pkl):
+        with pytest.raises(CheckpointFormatError, match="dict key"):
+            open_checkpoint(path)
+    assert time.perf_counter() - start < 10
+
+
+def test_skeleton_keys_whose_hashes_collide_are_refused(tmp_path):
+    from d2_efficient_ckpt.checkpoint.io.training_tree import decode
+
+    items = [[k, 0] for k in _colliding_int_keys(1000)]
+    with pytest.raises(ValueError, match="short scalar key"):
+        decode({"t": "dict", "items": items}, tensor=lambda name: None)
+
+
+@pytest.mark.parametrize(
+    "key, safe",
+    [("a", True), (2**61 - 2, True), (2**61 - 1, False), (-(2**61) + 2, True), (1.5, True),
+     (1.5 * 2**61, False), (float("nan"), False), ((1, "a"), True), (((1,),), False),
+     (frozenset(), False)],
+)  # fmt: skip
+def test_key_policy(key, safe):
+    from d2_efficient_ckpt.checkpoint.io.allowlist import is_safe_key
+
+    assert is_safe_key(key) is safe
+
+
+def test_a_key_of_a_million_dots_costs_one_node(saved, fresh, tmp_path):
+    from d2_efficient_ckpt import EfficientDetectionCheckpointer
+
+    _, trained, _ = saved
+    dotted = "roi_heads." + "a." * 800_000 + "weight"
+    path = str(tmp_path / "dots.pth")
+    torch.save({"model": {**trained.state_dict(), dotted: torch.ones(1)}}, path)
+    ck = EfficientDetectionCheckpointer(fresh())
+    tracemalloc.start()
+    start = time.perf_counter()
+    ck.load(path)
+    table = ck.last_report.format_table()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - start < 20 and peak < 200 << 20, peak
+    assert dotted in ck.last_report.unexpected and "unexpected" in table
