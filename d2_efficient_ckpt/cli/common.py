@@ -133,13 +133,38 @@ def quiet_logs(verbose: bool) -> Iterator[None]:
 ENTRIES_METADATA_KEY = "d2_efficient_ckpt.entries"
 
 
+# Entries a converted file carries besides its weights; "model" is the weights themselves.
+_NOT_AN_ENTRY = ("model",)
+
+
 def scalar_entries(extra: Mapping[str, Any]) -> Dict[str, Any]:
-    """The entries that are plain values (iteration, __author__, matching_heuristics)."""
+    """The entries that are plain values (iteration, __author__, matching_heuristics).
+
+    Never ``model``: an entry of that name would replace the weights in the written file.
+    """
     return {
-        str(k): v
+        k: v
         for k, v in extra.items()
-        if isinstance(v, (bool, int, float, str)) and not str(k).startswith("__format")
+        if isinstance(k, str)
+        and k not in _NOT_AN_ENTRY
+        and isinstance(v, (bool, int, float, str))
+        and not k.startswith("__format")
     }
+
+
+def saved_entries(path: str, text: Any) -> Dict[str, Any]:
+    """The plain entries a ``.safetensors`` file of ours keeps as JSON in its metadata.
+
+    Raises:
+        CliError: the metadata is not a JSON object.
+    """
+    try:
+        parsed = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise CliError(f"{path}: its '{ENTRIES_METADATA_KEY}' metadata is not a JSON object.")
+    return scalar_entries(parsed)
 
 
 def check_output(src: str, out: str, force: bool) -> str:

@@ -1,7 +1,6 @@
 """``convert IN OUT``: between .pth and .safetensors; torchvision and Caffe2 names to
 detectron2's."""
 
-import json
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -28,6 +27,7 @@ from .common import (
     fmt_bytes,
     model_state,
     open_lazy,
+    saved_entries,
     scalar_entries,
     show_progress,
     write_output,
@@ -178,7 +178,7 @@ def convert(args) -> Tuple[Dict[str, Any], List[str]]:
         return convert_training(args, kind, opened), []
     dropped = [k for k in extra if k not in plain]
     if opened.format == "safetensors" and ENTRIES_METADATA_KEY in opened.metadata:
-        plain.update(json.loads(opened.metadata[ENTRIES_METADATA_KEY]))
+        plain.update(saved_entries(args.input, opened.metadata[ENTRIES_METADATA_KEY]))
     if args.source == "torchvision":
         try:
             state, skipped = torchvision_resnet_to_detectron2(state, args.prefix)

@@ -159,6 +159,8 @@ def write_torch(
     Returns:
         The size of the file in bytes.
     """
+    if extra and "model" in extra:  # it would replace the weights
+        raise ValueError("an extra entry named 'model'")
     entries = list(entries)
     model: Dict[str, torch.Tensor] = {}
     with byte_progress(sum(e.nbytes for e in entries), desc, progress) as bar:

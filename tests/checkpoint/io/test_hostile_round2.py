@@ -344,3 +344,23 @@ def test_a_key_of_a_million_dots_costs_one_node(saved, fresh, tmp_path):
     tracemalloc.stop()
     assert time.perf_counter() - start < 20 and peak < 200 << 20, peak
     assert dotted in ck.last_report.unexpected and "unexpected" in table
+
+
+def test_convert_never_lets_metadata_replace_the_weights(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from d2_efficient_ckpt.cli import main as cli
+    from d2_efficient_ckpt.cli.common import ENTRIES_METADATA_KEY
+
+    src = str(tmp_path / "m.safetensors")
+    entries = json.dumps({"model": "not weights", "iteration": 7, "nested": {"a": 1}})
+    save_file({"w": torch.arange(4.0)}, src, metadata={ENTRIES_METADATA_KEY: entries})
+    out = str(tmp_path / "m.pth")
+    assert cli(["convert", src, out]) == 0
+    data = torch.load(out, weights_only=True)
+    assert torch.equal(data["model"]["w"], torch.arange(4.0)) and data["iteration"] == 7
+    assert "nested" not in data
+    bad = str(tmp_path / "bad.safetensors")
+    save_file({"w": torch.ones(1)}, bad, metadata={ENTRIES_METADATA_KEY: "[1, 2]"})
+    assert cli(["convert", bad, str(tmp_path / "bad.pth")]) == 2
+    assert "not a JSON object" in capsys.readouterr().err
