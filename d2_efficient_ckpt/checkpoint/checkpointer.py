@@ -391,7 +391,15 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
         # detectron2's name-matching heuristics need every tensor; zoo files are small.
         with FileReader(self._load_state.mapping) as reader:
             full = {k: reader.read(v) for k, v in state.items()}
-        return align_and_update_state_dicts(model_sd, full, c2_conversion=author == "Caffe2")
+        try:
+            return align_and_update_state_dicts(model_sd, full, c2_conversion=author == "Caffe2")
+        except AssertionError:  # detectron2 asserts that no two names become one
+            raise CheckpointFormatError(
+                self._load_state.url.geturl() if self._load_state.url else "checkpoint",
+                "two of its names become one detectron2 name under the matching heuristics "
+                "(e.g. Caffe2 blobs 'fc_w' and 'fc.w').",
+                "Load a file whose names are unique after conversion.",
+            ) from None
 
     def _plan(self, state: Any, model_sd: Dict[str, Any]) -> KeyPlan:
         """The key plan of this load (see ``keys/plan.py``), from shapes only."""

@@ -82,8 +82,22 @@ def register(sub, common) -> None:
 def _from_caffe2(state: Mapping[str, Any]) -> Dict[str, Any]:
     from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 
+    # Caffe2 blob names have no dots; detectron2's renaming turns "_" into ".", so "fc.w"
+    # beside "fc_w" would meet it under one name (its assertion, a raw traceback).
+    dotted = sorted(k for k in state if "." in k)
+    if dotted:
+        raise CliError(
+            f"{len(dotted)} blob name(s) are not Caffe2 names (they hold a '.'): "
+            f"{', '.join(dotted[:5])}. Pass the .pkl of a Caffe2 / Detectron1 model."
+        )
     tensors = {k: as_tensor(v) for k, v in state.items()}
-    renamed, _ = convert_c2_detectron_names(tensors)
+    try:
+        renamed, _ = convert_c2_detectron_names(tensors)
+    except AssertionError:  # its check that no two blobs get one name
+        raise CliError(
+            "two blob names of the file become one detectron2 name; it is not a Caffe2 / "
+            "Detectron1 model file."
+        ) from None
     return renamed
 
 

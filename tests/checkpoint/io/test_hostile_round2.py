@@ -364,3 +364,17 @@ def test_convert_never_lets_metadata_replace_the_weights(tmp_path, capsys):
     save_file({"w": torch.ones(1)}, bad, metadata={ENTRIES_METADATA_KEY: "[1, 2]"})
     assert cli(["convert", bad, str(tmp_path / "bad.pth")]) == 2
     assert "not a JSON object" in capsys.readouterr().err
+
+
+def test_caffe2_blob_names_that_collide_are_our_error(tmp_path, capsys, fresh):
+    from d2_efficient_ckpt import EfficientDetectionCheckpointer
+    from d2_efficient_ckpt.cli import main as cli
+
+    path = str(tmp_path / "c2.pkl")
+    with open(path, "wb") as f:
+        blobs = {"fc_w": np.ones((2, 2), np.float32), "fc.w": np.ones((2, 2), np.float32)}
+        pickle.dump({"blobs": blobs}, f, protocol=2)
+    assert cli(["convert", path, str(tmp_path / "c2.pth"), "--from", "caffe2"]) == 2
+    assert "not Caffe2 names" in capsys.readouterr().err
+    with pytest.raises(CheckpointFormatError, match="become one detectron2 name"):
+        EfficientDetectionCheckpointer(fresh()).load(path)
