@@ -135,7 +135,12 @@ def inspect_file(path: str) -> Dict[str, Any]:
     info["entries"] = {short_text(k, 200): _entry(v) for k, v in data.items()}
     info["iteration"] = _iteration(data)
     if isinstance(data.get("model"), Mapping):
-        info["dtypes"] = _dtypes(data["model"])
+        try:  # the loader's check of the model entry, before any tensor is looked at
+            model, _ = opened.split_model()
+        except CheckpointFormatError as e:
+            info["model_problem"] = str(e)
+        else:
+            info["dtypes"] = _dtypes(model)
     return info
 
 

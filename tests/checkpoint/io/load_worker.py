@@ -7,7 +7,10 @@ line ``start FILE`` is written first, so a process killed by a signal names its 
 """
 
 import json
+import os
+import resource
 import sys
+import tempfile
 
 import torch
 
@@ -32,12 +35,28 @@ def _checksum(path: str) -> float:
     return total
 
 
+def _max_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _warm_up() -> None:
+    # First uses (thread pools, lazy imports of inspect and verify) are not a file's memory.
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "warm.pth")
+        torch.save({"model": {"w": torch.ones(4)}}, path)
+        _checksum(path)
+        inspect_file(path)
+        verify_file(path)
+
+
 def main(out: str, paths) -> None:
+    _warm_up()
     with open(out, "w") as f:
         for path in paths:
             f.write(json.dumps({"start": path}) + "\n")
             f.flush()
             rec = {"file": path}
+            before = _max_rss()
             try:
                 rec["checksum"] = _checksum(path)
                 rec["outcome"] = "ok"
@@ -60,6 +79,9 @@ def main(out: str, paths) -> None:
                 rec["verify"] = "RAW " + type(e).__name__ + ": " + str(e)[:200]
             now = (_REBUILD.__defaults__, _REBUILD.__kwdefaults__, dict(vars(_REBUILD)))
             rec["poisoned"] = now != _DEFAULTS
+            # The peak only grows: a load that needs more than any before it shows here.
+            rec["peak_growth"] = _max_rss() - before
+            rec["size"] = os.stat(path).st_size if os.path.isfile(path) else 0
             f.write(json.dumps(rec) + "\n")
             f.flush()
 

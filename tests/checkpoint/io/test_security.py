@@ -30,6 +30,12 @@ from . import hostile as h
 WORKER = os.path.join(os.path.dirname(__file__), "load_worker.py")
 
 
+# A load, inspect and verify of one file may raise the process's peak memory by at most this
+# many bytes per byte of the file, plus a fixed allowance (docs/security.md).
+MEMORY_PER_FILE_BYTE = 8
+MEMORY_SLACK = 64 << 20
+
+
 def run_worker(paths, tmp_path, timeout=120):
     """Load ``paths`` in a fresh process; return ``{path: record}``."""
     out = str(tmp_path / f"worker_{len(os.listdir(tmp_path))}.jsonl")
@@ -50,6 +56,9 @@ def run_worker(paths, tmp_path, timeout=120):
     records = {x["file"]: x for x in lines if "file" in x}
     for rec in records.values():
         assert not rec["poisoned"], f"{rec['file']} changed torch's functions"
+        # The memory bound of docs/security.md.
+        bound = MEMORY_SLACK + MEMORY_PER_FILE_BYTE * rec["size"]
+        assert rec["peak_growth"] <= bound, f"{rec['file']}: peak grew {rec['peak_growth']} bytes"
         for what in ("outcome", "inspect", "verify"):
             assert not str(rec[what]).startswith("RAW"), f"{what} of {rec['file']}: {rec}"
     return records
