@@ -378,3 +378,11 @@ def test_caffe2_blob_names_that_collide_are_our_error(tmp_path, capsys, fresh):
     assert "not Caffe2 names" in capsys.readouterr().err
     with pytest.raises(CheckpointFormatError, match="become one detectron2 name"):
         EfficientDetectionCheckpointer(fresh()).load(path)
+
+
+def test_an_ndarray_node_over_a_bfloat16_tensor_is_refused_by_name():
+    from d2_efficient_ckpt.checkpoint.io.training_tree import decode
+
+    skeleton = {"t": "dict", "items": [["a", {"t": "ndarray", "k": "x"}]]}
+    with pytest.raises(ValueError, match="bfloat16"):
+        decode(skeleton, tensor=lambda name: torch.zeros(2, dtype=torch.bfloat16))
