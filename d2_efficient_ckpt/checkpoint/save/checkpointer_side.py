@@ -40,6 +40,8 @@ class RecordAwarePathManager:
                 os.remove(record_path(path))
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (a copy being built): no recursion through it
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
