@@ -44,3 +44,22 @@ def assert_same_weights(a, b, keys=None):
     sa, sb = a.state_dict(), b.state_dict()
     for k in keys if keys is not None else sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def assert_same_state(a, b, path="state"):
+    """Deep equality of saved and restored state: same types and key order at every level,
+    equal tensors of the same dtype, the same ``_metadata``."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} came back as {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        assert getattr(a, "_metadata", None) == getattr(b, "_metadata", None), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}/{i}")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"

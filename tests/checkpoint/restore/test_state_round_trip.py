@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as sched
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
+from tests.checkpoint.conftest import assert_same_state
 
 OPTIMIZERS = {
     "SGD": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
@@ -52,22 +53,6 @@ SCHEDULERS = {
 D2_SCHEDULERS = ["WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR"]
 
 
-def assert_same(a, b, where="state"):
-    assert type(a) is type(b), f"{where}: {type(a).__name__} came back as {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert list(a) == list(b), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
-
-
 def _cfg(fmt):
     cfg = add_efficient_ckpt_config(get_cfg())
     cfg.CHECKPOINT.SAVE.FORMAT = fmt
@@ -98,8 +83,8 @@ def _round_trip(tmp_path, fmt, make_opt, make_sched):
         fresh, str(tmp_path), cfg=_cfg(fmt), optimizer=opt2, scheduler=sched2
     )
     assert again.resume_or_load("", resume=True)["iteration"] == 2
-    assert_same(opt.state_dict(), opt2.state_dict(), "optimizer")
-    assert_same(scheduler.state_dict(), sched2.state_dict(), "scheduler")
+    assert_same_state(opt.state_dict(), opt2.state_dict(), "optimizer")
+    assert_same_state(scheduler.state_dict(), sched2.state_dict(), "scheduler")
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])

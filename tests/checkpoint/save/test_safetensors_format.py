@@ -11,23 +11,7 @@ from d2_efficient_ckpt.checkpoint.save import SaveConfigError, SaveOptions, chec
 from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
 from d2_efficient_ckpt.checkpoint.save.tree_codec import TRAINING_FORMAT, decode, encode
 from d2_efficient_ckpt.checkpoint.save.write import write_checkpoint
-
-
-def _same(a, b, path="root"):
-    assert type(a) is type(b), path
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        assert getattr(a, "_metadata", None) == getattr(b, "_metadata", None), path
-        for k in a:
-            _same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
+from tests.checkpoint.conftest import assert_same_state
 
 
 def test_training_checkpoint_round_trips_without_pickle(model_and_opt, tmp_path):
@@ -51,7 +35,7 @@ def test_training_checkpoint_round_trips_without_pickle(model_and_opt, tmp_path)
         assert meta["format"] == TRAINING_FORMAT
         assert "model/backbone.bottom_up.stem.conv1.weight" in f.keys()
         restored = decode(json.loads(meta["tree"]), f.get_tensor)
-    _same(data, restored)
+    assert_same_state(data, restored)
     assert restored["model"]._metadata  # module versions kept for load_state_dict
     model.load_state_dict(restored["model"])
     opt.load_state_dict(restored["trainer"]["optimizer"])

@@ -7,13 +7,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from d2_efficient_ckpt.checkpoint.io import open_checkpoint
 from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT, TrainingModelView
 from d2_efficient_ckpt.checkpoint.save import check_full
 from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from tests.checkpoint.conftest import assert_same_state
 from tests.conftest import REPO, train_on_toy
 
 
@@ -42,21 +42,6 @@ def _state(trainer):
         "scheduler": trainer.scheduler.state_dict(),
         "iter": trainer.iter,
     }
-
-
-def _assert_same(a, b, path="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _assert_same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
 
 
 def _resume(tiny_cfg, toy, out, fmt):
@@ -94,7 +79,7 @@ def test_trainer_saves_pickle_free_and_resumes_as_from_pth(tiny_cfg, toy, tmp_pa
     resumed = _resume(tiny_cfg, toy, tmp_path / "run", "safetensors")
     assert resumed.start_iter == 3
     assert resumed.checkpointer.last_report.format == "safetensors"
-    _assert_same(saved, _state(resumed))
+    assert_same_state(saved, _state(resumed))
 
     # The same checkpoint as .pth (convert) resumes to exactly the same state.
     pth_dir = tmp_path / "as_pth"
@@ -104,4 +89,4 @@ def test_trainer_saves_pickle_free_and_resumes_as_from_pth(tiny_cfg, toy, tmp_pa
     (pth_dir / "last_checkpoint").write_text("model_final.pth")
     from_pth = _resume(tiny_cfg, toy, pth_dir, "pth")
     assert from_pth.start_iter == 3
-    _assert_same(saved, _state(from_pth))
+    assert_same_state(saved, _state(from_pth))
