@@ -183,6 +183,7 @@ class EfficientDetectionCheckpointer(SavingMixin, DetectionCheckpointer):
                         "Fix the folder's permissions or storage, or train without --resume.",
                     )
                 self._start_run()
+                self.last_report = None  # not the report of a file the rule passed over
                 return None
             path = os.path.join(self.save_dir, choice.used)
             self._note_other_format(choice.used)
