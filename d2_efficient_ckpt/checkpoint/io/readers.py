@@ -497,10 +497,6 @@ def short_text(value: Any, limit: int = 80) -> str:
         return f"<a {type(value).__name__}>"
 
 
-def _short(value: Any) -> str:
-    return short_text(value)
-
-
 def _entry(path: str, key: str, info: Any, data_size: int) -> Tuple[torch.dtype, tuple, int, int]:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise _bad_header(path, f"entry '{key}' is not {{dtype, shape, data_offsets}}")
@@ -514,14 +510,14 @@ def _entry(path: str, key: str, info: Any, data_size: int) -> Tuple[torch.dtype,
         and all(type(d) is int and 0 <= d < MAX_DIM for d in shape)
     ):
         # Each dimension below 2**62, even beside a 0: torch cannot make such a view.
-        raise _bad_header(path, f"tensor '{key}' has an invalid shape {_short(shape)}")
+        raise _bad_header(path, f"tensor '{key}' has an invalid shape {short_text(shape)}")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
         and all(type(o) is int for o in offsets)
         and 0 <= offsets[0] <= offsets[1]
     ):
-        raise _bad_header(path, f"tensor '{key}' has invalid data_offsets {_short(offsets)}")
+        raise _bad_header(path, f"tensor '{key}' has invalid data_offsets {short_text(offsets)}")
     start, end = offsets
     if end > data_size:
         raise CheckpointFormatError(

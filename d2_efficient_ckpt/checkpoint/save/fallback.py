@@ -232,21 +232,22 @@ def plan_resume(directory: str, known_problems: Optional[Mapping[str, str]] = No
             another architecture).
     """
     known: Dict[str, str] = dict(known_problems or {})
+
+    def with_known(c: Candidate) -> Candidate:
+        return replace(c, problem=known.get(c.name, c.problem))
+
     tag = read_tag(directory)
-    if tag.name and tag.name not in known:
-        tagged = inspect(directory, tag.name)
-        if tagged is not None and not tagged.problem:
+    tagged = inspect(directory, tag.name) if tag.name else None
+    if tagged is not None:
+        tagged = with_known(tagged)
+        if not tagged.problem:
             return choose_resume([tagged], tag)
     try:
         candidates = scan(directory)
     except OSError as e:
-        found = inspect(directory, tag.name) if tag.name else None
-        listed = (
-            [] if found is None else [replace(found, problem=known.get(found.name, found.problem))]
-        )
+        listed = [] if tagged is None else [tagged]
         return choose_resume(listed, tag, list_error=f"{directory} cannot be listed ({e.strerror})")
-    candidates = [replace(c, problem=known.get(c.name, c.problem)) for c in candidates]
-    return choose_resume(candidates, tag)
+    return choose_resume([with_known(c) for c in candidates], tag)
 
 
 def describe_skipped(choice: ResumeChoice) -> str:

@@ -12,15 +12,9 @@ old file is never deleted before its successor is known to be good.
 import re
 from typing import Iterable, List, Optional, Tuple
 
-__all__ = ["periodic_name", "periodic_prefix", "plan_deletions"]
+__all__ = ["periodic_prefix", "plan_deletions"]
 
 _PERIODIC = re.compile(r"^(?P<prefix>.+)_(?P<iter>\d{7})\.(?:pth|safetensors)$")
-
-
-def periodic_name(prefix: str, iteration: int, suffix: str) -> str:
-    """``("model", 99, ".pth")`` -> ``model_0000099.pth``: the name fvcore's periodic hook
-    gives."""
-    return f"{prefix}_{iteration:07d}{suffix}"
 
 
 def periodic_prefix(name: str) -> Optional[str]:
