@@ -10,23 +10,8 @@ from detectron2.modeling import build_model
 
 from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT
 from d2_efficient_ckpt.cli import main
+from tests.checkpoint.conftest import assert_same_state
 from tests.conftest import tiny_frcnn_cfg
-
-
-def _same(a, b, path="root"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        assert getattr(a, "_metadata", None) == getattr(b, "_metadata", None), path
-        for k in a:
-            _same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +51,7 @@ def test_convert_round_trip_keeps_the_whole_training_state(training_pth, tmp_pat
     code, _, err = _run(capsys, "convert", st, back)
     assert code == 0, err
     original = torch.load(training_pth, weights_only=True)
-    _same(original, torch.load(back, weights_only=True))
+    assert_same_state(original, torch.load(back, weights_only=True))
     assert original["model"]._metadata  # module versions survive both ways
     assert original["optimizer"]["state"]  # momentum buffers came along
 
