@@ -48,6 +48,8 @@ class LoadOptions:
         map_location: ``""`` (model's device), ``"cpu"`` or ``"cuda:N"``.
         on_mismatch: ``"warn"``, ``"error"`` or ``"ignore"`` (see ``policy``).
         allow_mismatch: glob patterns of keys whose incompatibility ``"error"`` tolerates.
+        broadcast_from_main: under several processes, ``resume_or_load`` reads on the main
+            process alone and sends the state to the other ranks.
     """
 
     include: Tuple[str, ...] = ()
@@ -60,6 +62,7 @@ class LoadOptions:
     select_on_resume: bool = False
     on_mismatch: str = "warn"
     allow_mismatch: Tuple[str, ...] = ()
+    broadcast_from_main: bool = False
 
     @classmethod
     def from_cfg(cls, cfg) -> "LoadOptions":
@@ -78,6 +81,7 @@ class LoadOptions:
             select_on_resume=bool(ld.SELECT_ON_RESUME),
             on_mismatch=str(ld.get("ON_MISMATCH", "warn")),
             allow_mismatch=tuple(ld.get("ALLOW_MISMATCH", ())),
+            broadcast_from_main=bool(ld.get("BROADCAST_FROM_MAIN", False)),
         )
 
     def __post_init__(self):

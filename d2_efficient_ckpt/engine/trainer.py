@@ -4,19 +4,15 @@ import logging
 import os
 import weakref
 
-import torch
-import torch.distributed as dist
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import build_checkpointer
-from .broadcast import broadcast_tensors, broadcast_trainer_state, group_device
+from ..checkpoint.storage.registry import store_for
 from .ddp import wrap_model
-from .distributed_checks import same_checkpoint_on_all_ranks
 from .loader import make_resumable
 from .sampling import SamplingState
 from .save_hooks import CheckpointOnSignal, RaiseFailedSaves
@@ -54,6 +50,7 @@ class Trainer(DefaultTrainer):
         # create_ddp_model gives a CPU model device_ids, which DDP refuses) and the
         # configured checkpointer built at once.
         TrainerBase.__init__(self)
+        store_for(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # refused before anything is built or written
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -115,72 +112,24 @@ class Trainer(DefaultTrainer):
         return result
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """As ``DefaultTrainer.resume_or_load``, honouring ``CHECKPOINT.LOAD.CHECKPOINTABLES``.
+        """As ``DefaultTrainer.resume_or_load``, through the checkpointer's resume.
 
         When the iteration is not among the restored parts, training starts at iteration 0
         instead of one past the trainer's initial counter. A checkpoint without the
         ``sampling`` part (saved before it existed) resumes as before, with a note.
         """
-        if comm.get_world_size() > 1 and self.cfg.CHECKPOINT.LOAD.get("BROADCAST_FROM_MAIN"):
-            self._resume_from_main(resume)
-            return
-        if resume and comm.get_world_size() > 1:
-            # The main process removes a killed run's temporary files before anyone lists
-            # the directory, so no rank picks a file that is going away.
-            saver = getattr(self.checkpointer, "saver", None) if comm.is_main_process() else None
-            if saver is not None and self.checkpointer.save_dir:
-                saver.clean_stale()
-            comm.synchronize()
-            same_checkpoint_on_all_ranks(self.checkpointer)
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
-            restored = getattr(self.checkpointer, "restored_iteration", True)
-            self.start_iter = self.iter + 1 if restored else 0
-            report = getattr(self.checkpointer, "last_report", None)
-            parts = report.checkpointables if report is not None else {}
-            if parts.get("trainer.sampling") == "absent":
-                logger.info(
-                    "The checkpoint has no sampling state (it predates exact resume): "
-                    "training resumes with a new data order and new random states."
-                )
-
-    def _resume_from_main(self, resume: bool) -> None:
-        # CHECKPOINT.LOAD.BROADCAST_FROM_MAIN: only the main process reads; see broadcast.py.
-        bare = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
-        info = [False, False, False]
-        if comm.is_main_process():
-            # A checkpointer of the bare model: its load involves no other rank.
-            own = build_checkpointer(
-                self.cfg, bare, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        report = getattr(self.checkpointer, "last_report", None)
+        parts = report.checkpointables if resume and report is not None else {}
+        restored = getattr(self.checkpointer, "restored_iteration", None)
+        if restored is None:  # another checkpointer class: the stock rule
+            restored = resume and self.checkpointer.has_checkpoint()
+        self.start_iter = self.iter + 1 if resume and restored else 0
+        if parts.get("trainer.sampling") == "absent":
+            logger.info(
+                "The checkpoint has no sampling state (it predates exact resume): "
+                "training resumes with a new data order and new random states."
             )
-            own.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-            ours, theirs = getattr(self.checkpointer, "saver", None), getattr(own, "saver", None)
-            if ours is not None and theirs is not None:
-                ours.continue_run(theirs.run)  # the checkpointer that saves continues the run
-            resumed = resume and own.has_checkpoint()
-            parts = own.last_report.checkpointables if own.last_report is not None else {}
-            info = [
-                resumed,
-                resumed and own.restored_iteration,
-                parts.get("trainer.sampling") == "restored",
-            ]
-            self.checkpointer.last_report = own.last_report
-        dist.broadcast_object_list(info, src=0, device=group_device())
-        resumed, restored_iteration, sampling = info
-        device = group_device() or torch.device("cpu")
-        broadcast_tensors(list(bare.state_dict().values()), device)
-        if resumed:
-            state = self.state_dict() if comm.is_main_process() else None
-            if state is not None and not sampling:
-                state.get("hooks", {}).pop(SamplingState.__qualname__, None)
-            state = broadcast_trainer_state(state, device)
-            if not comm.is_main_process():
-                self.load_state_dict(state)
-            self.start_iter = self.iter + 1 if restored_iteration else 0
-        logger.info(
-            "Loaded on the main process and broadcast to every rank "
-            f"(model{', trainer state' if resumed else ''})."
-        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:

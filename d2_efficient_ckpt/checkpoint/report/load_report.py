@@ -54,7 +54,7 @@ class LoadReport:
         explanations: :class:`~.explain.Explanation` objects for the differences.
         policy: the outcome of ``CHECKPOINT.LOAD.ON_MISMATCH`` (see ``policy.check_policy``).
         skipped_files: ``(file, reason)`` of broken checkpoints a resume passed over before
-            it used ``path`` (see ``save.fallback``).
+            it used ``path`` (see ``resume.choice``).
     """
 
     path: str = ""

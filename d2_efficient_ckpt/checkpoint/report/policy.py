@@ -16,7 +16,7 @@ from ..keys.grouping import coarsen_patterns, group_keys
 from ..options import normalise_on_mismatch
 from .load_report import STATUS_LABELS, LoadReport
 
-__all__ = ["PolicyOutcome", "check_policy", "enforce_policy"]
+__all__ = ["PolicyOutcome", "check_policy", "enforce_policy", "raise_if_broken"]
 
 
 @dataclass
@@ -103,6 +103,13 @@ def enforce_policy(
         CheckpointConfigError: ``on_mismatch`` is not warn, error or ignore.
     """
     outcome = check_policy(report, on_mismatch, allow)
+    raise_if_broken(report, outcome)
+    return outcome
+
+
+def raise_if_broken(report: LoadReport, outcome: PolicyOutcome) -> None:
+    """Raise :class:`CheckpointPolicyError` when ``outcome`` (of :func:`check_policy` on
+    ``report``) stops the load."""
     if outcome.broken:
         raise CheckpointPolicyError(
             policy_message(report, outcome),
@@ -110,7 +117,6 @@ def enforce_policy(
             violations=outcome.violations,
             suggested_allow=outcome.suggested_allow,
         )
-    return outcome
 
 
 def policy_message(report: LoadReport, outcome: PolicyOutcome) -> str:

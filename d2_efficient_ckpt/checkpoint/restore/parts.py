@@ -10,7 +10,13 @@ from typing import Any, Dict, Sequence, Tuple
 
 from ..options import TRAINER_PART_NAMES
 
-__all__ = ["TRAINER_PARTS", "select_trainer_state", "trainer_entry_problem"]
+__all__ = [
+    "TRAINER_PARTS",
+    "saved_parts",
+    "select_trainer_state",
+    "trainer_entry_problem",
+    "without_part",
+]
 
 # Parts of DefaultTrainer.state_dict(), as (part name, path inside the "trainer" entry).
 TRAINER_PARTS: Dict[str, Tuple[Tuple[str, ...], ...]] = {
@@ -91,3 +97,34 @@ def select_trainer_state(
     else:
         status["hooks"] = "skipped"
     return merged, status
+
+
+def saved_parts(saved: Dict, status: Dict[str, str]) -> Dict:
+    """The pieces of a saved trainer state that ``status`` (of :func:`select_trainer_state`)
+    restores, at their paths; what a partial restore reads from the file."""
+    out: Dict = {}
+    for part, paths in TRAINER_PARTS.items():
+        if status.get(part) == "restored":
+            for p in paths:
+                value = _get(saved, p)
+                if value is not None:
+                    _set(out, p, value)
+    if status.get("hooks") == "restored":
+        hooks = out.setdefault("hooks", {})
+        hooks.update({k: v for k, v in saved.get("hooks", {}).items() if k not in _OWN_PART_HOOKS})
+    return out
+
+
+def without_part(state: Dict, part: str) -> Dict:
+    """A shallow copy of a trainer state without ``part`` (its paths removed)."""
+    out = dict(state)
+    for path in TRAINER_PARTS[part]:
+        node = out
+        for k in path[:-1]:
+            if not isinstance(node.get(k), dict):
+                break
+            node[k] = dict(node[k])  # copied on the way down: the caller's state is kept
+            node = node[k]
+        else:
+            node.pop(path[-1], None)
+    return out

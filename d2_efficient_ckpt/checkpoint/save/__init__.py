@@ -10,7 +10,6 @@ Modules, each with one job (imports point down to ``..errors`` and ``..io``):
     snapshot      host copies of the state into buffers reused from save to save
     async_writer  one background thread, back-pressure, errors raised in the caller
     retention     which of this run's periodic checkpoints to delete (pure)
-    fallback      the resume rule: which checkpoint a resume uses (pure + cheap scan)
     signals       preemption signals turned into a flag the training loop polls
     tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle);
                   the loader's side, decode, is ``io.training_tree``
@@ -19,7 +18,6 @@ Modules, each with one job (imports point down to ``..errors`` and ``..io``):
 """
 
 from .errors import CheckpointSaveError, SaveConfigError
-from .fallback import ResumeChoice, describe_skipped, plan_resume
 from .integrity import IntegrityError, IntegrityRecord, check_cheap, check_full, read_record
 from .saver import TAG_FILE, CheckpointSaver, SaveOptions, iteration_of
 
@@ -29,13 +27,10 @@ __all__ = [
     "CheckpointSaver",
     "IntegrityError",
     "IntegrityRecord",
-    "ResumeChoice",
     "SaveConfigError",
     "SaveOptions",
     "check_cheap",
     "check_full",
-    "describe_skipped",
     "iteration_of",
-    "plan_resume",
     "read_record",
 ]

@@ -31,7 +31,8 @@ from typing import BinaryIO, Optional
 import xxhash
 
 from ..errors import CheckpointFormatError
-from .atomic import NotRegularFileError, atomic_write_bytes, read_regular_file
+from ..storage.atomic import NotRegularFileError
+from ..storage.registry import store_for
 
 __all__ = [
     "HASH_NAME",
@@ -135,7 +136,7 @@ def record_path(path: str) -> str:
 def write_record(path: str, record: IntegrityRecord) -> None:
     """Write the sidecar of ``path`` atomically."""
     record.created = record.created or time.time()
-    atomic_write_bytes(record_path(path), record.to_json())
+    store_for(path).write_bytes(record_path(path), record.to_json())
 
 
 def read_record(path: str) -> Optional[IntegrityRecord]:
@@ -150,7 +151,7 @@ def read_record(path: str) -> Optional[IntegrityRecord]:
     """
     side = record_path(path)
     try:
-        raw = json.loads(read_regular_file(side, _RECORD_LIMIT).decode("utf-8"))
+        raw = json.loads(store_for(side).read_small(side, _RECORD_LIMIT).decode("utf-8"))
         record = IntegrityRecord(
             file=_text(raw["file"]),
             size=_natural(raw["size"], "size"),

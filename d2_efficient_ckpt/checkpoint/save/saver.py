@@ -17,13 +17,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
+from ..storage.base import Store
+from ..storage.registry import store_for
 from .async_writer import AsyncWriter
 from .errors import SaveConfigError
 from .integrity import IntegrityError, read_record
 from .retention import periodic_prefix, plan_deletions
 from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
-from .stale import remove_stale_temp_files
 from .tag import TAG_FILE, read_tag, write_tag
 from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkpoint
 
@@ -118,6 +119,8 @@ class CheckpointSaver:
         opener=open,
     ):
         self.directory = directory
+        # Refused here, not at the first save: a path no store handles is a config error.
+        self._store = store_for(directory, "checkpoint directory") if directory else None
         self.options = options
         if serializer is None and options.format == "safetensors":
             serializer = write_training_safetensors
@@ -132,6 +135,13 @@ class CheckpointSaver:
         self.last_result: Optional[SaveResult] = None
         self.run = ""
         self.in_flight: Optional[str] = None
+
+    @property
+    def store(self) -> Store:
+        """The store of the directory."""
+        if self._store is None:
+            raise SaveConfigError("The checkpointer has no save_dir: set OUTPUT_DIR to save.")
+        return self._store
 
     def start_run(self) -> str:
         """Give the files saved from now on a new run identity; return it."""
@@ -149,12 +159,12 @@ class CheckpointSaver:
     def clean_stale(self) -> List[str]:
         """Remove temporary files of killed saves (once per saver); return their names.
 
-        Never raises (see ``stale``).
+        Never raises (see ``Store.remove_stale``).
         """
         if self._cleaned:
             return []
         self._cleaned = True
-        return remove_stale_temp_files(self.directory, self.options.stale_temp_age_s)
+        return self.store.remove_stale(self.directory, self.options.stale_temp_age_s)
 
     def save(self, basename: str, data: Any, *, iteration: int = -1) -> None:
         """Save ``data`` as ``basename``, tag it, then apply retention.
@@ -172,7 +182,7 @@ class CheckpointSaver:
         self.last_wait_s = time.perf_counter() - start
         path = os.path.join(self.directory, basename)
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            self.store.makedirs(self.directory)
         except OSError as e:
             raise explain_os_error(path, e) from e
         self.clean_stale()
@@ -241,7 +251,7 @@ class CheckpointSaver:
         if self.options.max_to_keep <= 0 or prefix is None:
             return
         try:
-            names = os.listdir(self.directory)
+            names = self.store.list(self.directory)
         except OSError as e:  # the new checkpoint is safe; old ones outstay their time
             logger.warning(f"Could not list {self.directory} for MAX_TO_KEEP: {e}")
             return

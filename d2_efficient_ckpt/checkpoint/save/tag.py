@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .atomic import NotRegularFileError, atomic_write_bytes, read_regular_file
+from ..storage.atomic import NotRegularFileError
+from ..storage.registry import store_for
 
 __all__ = ["TAG_FILE", "RUN_FILE", "Tag", "read_tag", "write_tag"]
 
@@ -46,7 +47,7 @@ class Tag:
 
 def _read_name(path: str) -> Tuple[Optional[str], str]:
     try:
-        raw = read_regular_file(path, _LIMIT)
+        raw = store_for(path).read_small(path, _LIMIT)
     except FileNotFoundError:
         return None, ""
     except NotRegularFileError as e:
@@ -65,7 +66,7 @@ def _read_name(path: str) -> Tuple[Optional[str], str]:
 def _read_run(path: str) -> Tuple[str, str]:
     """``(file, run)`` of the run file, or ``("", "")`` if it is absent or unusable."""
     try:
-        raw = json.loads(read_regular_file(path, _LIMIT).decode("utf-8"))
+        raw = json.loads(store_for(path).read_small(path, _LIMIT).decode("utf-8"))
         return str(raw["file"]), str(raw["run"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "", ""
@@ -85,5 +86,6 @@ def write_tag(directory: str, basename: str, run: str) -> None:
         OSError: a tag file cannot be written; ``last_checkpoint`` is then unchanged.
     """
     body = json.dumps({"file": basename, "run": run}).encode("utf-8")
-    atomic_write_bytes(os.path.join(directory, RUN_FILE), body)
-    atomic_write_bytes(os.path.join(directory, TAG_FILE), basename.encode("utf-8"))
+    store = store_for(directory)
+    store.write_bytes(os.path.join(directory, RUN_FILE), body)
+    store.write_bytes(os.path.join(directory, TAG_FILE), basename.encode("utf-8"))

@@ -16,7 +16,6 @@ Every ``OSError`` on the way, the directory fsync included, becomes a
 :class:`CheckpointSaveError`, and no temporary file outlives an error.
 """
 
-import contextlib
 import errno
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .atomic import atomic_file, fsync_dir
+from ..storage.registry import store_for
 from .errors import CheckpointSaveError
 from .integrity import (
     HashingWriter,
@@ -141,7 +140,7 @@ def write_checkpoint(
         _drop_old_record(path)
 
     try:
-        with atomic_file(path, opener=opener, before_replace=before_replace) as f:
+        with store_for(path).open_atomic(path, opener=opener, before_replace=before_replace) as f:
             hashing = HashingWriter(f)
             serializer(data, hashing)
         record = IntegrityRecord(
@@ -161,15 +160,15 @@ def write_checkpoint(
 def _drop_old_record(path: str) -> None:
     # The record of the file about to be replaced must go first, durably: after the rename
     # it would describe a file that is no longer there.
-    try:
-        os.remove(record_path(path))
-    except FileNotFoundError:
+    store = store_for(path)
+    if not store.exists(record_path(path)):
         return
-    fsync_dir(os.path.dirname(path))
+    store.remove(record_path(path))
+    store.sync_directory(os.path.dirname(path))
 
 
 def remove_checkpoint(path: str) -> None:
     """Delete a checkpoint and its integrity record (either may be missing)."""
+    store = store_for(path)
     for p in (path, record_path(path)):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
+        store.remove(p)

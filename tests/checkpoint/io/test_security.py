@@ -141,6 +141,8 @@ import os, sys, torch, torch.nn as nn
 from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError
 from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.load.pipeline import LoadRequest, run_load
+from d2_efficient_ckpt.checkpoint.load.source import source_of
 path, mode = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
@@ -157,9 +159,8 @@ try:
         data = ck._load_file(path)
         size = os.path.getsize(path)
         os.truncate(path, size // 3 if mode == "model" else size - 4096)
-        ck.last_report = None
-        ck._load_model(data)
-        ck._load_checkpointables(data, ["optimizer"], path)
+        request = LoadRequest(path, wanted=("optimizer",))
+        run_load(source_of(path, data, "test"), ck.model, ck.checkpointables, request)
     print("NO ERROR")
 except CheckpointError as e:
     print("CLEAN", type(e).__name__, e)

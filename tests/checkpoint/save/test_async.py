@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.save import CheckpointSaveError, check_full, read_record
-from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
+from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 
 
 class FullDisk:

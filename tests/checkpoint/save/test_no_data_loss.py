@@ -27,8 +27,8 @@ from d2_efficient_ckpt.checkpoint.save import (
 )
 from d2_efficient_ckpt.checkpoint.save import integrity as integrity_module
 from d2_efficient_ckpt.checkpoint.save import write as write_module
-from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.save.integrity import record_path
+from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 from d2_efficient_ckpt.cli import main as cli
 from tests.checkpoint.conftest import build_tiny
 from tests.checkpoint.save.conftest import killed_at, perturb

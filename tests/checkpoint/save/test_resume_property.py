@@ -26,13 +26,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d2_efficient_ckpt import build_checkpointer
-from d2_efficient_ckpt.checkpoint.save import atomic as atomic_module
 from d2_efficient_ckpt.checkpoint.save import read_record
 from d2_efficient_ckpt.checkpoint.save import saver as saver_module
-from d2_efficient_ckpt.checkpoint.save import tag as tag_module
 from d2_efficient_ckpt.checkpoint.save import write as write_module
-from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.save.integrity import IntegrityError
+from d2_efficient_ckpt.checkpoint.storage import atomic as atomic_module
+from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
+from d2_efficient_ckpt.checkpoint.storage.local import LocalStore
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
 from tests.checkpoint.save.conftest import killed_at
 
@@ -41,7 +41,8 @@ KILLS = {
     "written": (atomic_module.os, "fsync", 1),  # the temporary file is complete, not renamed
     "renamed": (write_module, "write_record", 1),  # the file has its name, no record yet
     "recorded": (saver_module, "write_tag", 1),  # file and record, the tag not moved
-    "run_file": (tag_module, "atomic_write_bytes", 2),  # the run file moved, the tag not
+    # Atomic writes of the record (1st), the run file (2nd), then the tag (3rd).
+    "run_file": (LocalStore, "write_bytes", 3),  # the run file moved, the tag not
     "pruning": (saver_module, "remove_checkpoint", 1),  # tagged; before MAX_TO_KEEP
 }
 FINISHED_KILLS = {None, "pruning"}  # a save is finished once last_checkpoint names it

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from d2_efficient_ckpt.checkpoint.save.atomic import (
+from d2_efficient_ckpt.checkpoint.storage.atomic import (
     NotRegularFileError,
     atomic_file,
     atomic_write_bytes,

@@ -1,22 +1,14 @@
-"""The save side of the checkpointer: ``save``, ``wait`` and which checkpoint a resume sees.
+"""The save side of the checkpointer: ``save``, ``wait``, ``tag_last_checkpoint``.
 
 ``EfficientDetectionCheckpointer`` inherits these methods. They need the attributes of
 fvcore's ``Checkpointer`` (``model``, ``save_dir``, ``save_to_disk``, ``checkpointables``)
-and ``cfg``; all the work is done by :class:`~.saver.CheckpointSaver` and the pure
-functions of :mod:`.fallback`.
-
-``has_checkpoint`` and ``get_checkpoint_file`` keep fvcore's meaning: whether there is a
-checkpoint to resume from, and the file ``last_checkpoint`` names (the newest finished save),
-so fvcore's ``PeriodicCheckpointer(max_to_keep=...)`` works unchanged. The only differences
-are the ones the resume rule makes (a broken tagged file falls back to this run's newest
-valid one), and that an asynchronous save counts from the moment ``save()`` returns.
+and ``cfg``; all the work is done by :class:`~.saver.CheckpointSaver`.
 """
 
 import contextlib
-import os
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from .fallback import plan_resume, scan
+from ..storage.registry import store_for
 from .integrity import record_path
 from .saver import CheckpointSaver, SaveOptions, iteration_of
 
@@ -35,9 +27,10 @@ class RecordAwarePathManager:
 
     def rm(self, path: str, **kwargs: Any) -> None:
         self.inner.rm(path, **kwargs)
-        if not os.path.lexists(path):  # a path of another storage has no local record
+        store = store_for(path)
+        if not store.exists(path):
             with contextlib.suppress(OSError):
-                os.remove(record_path(path))
+                store.remove(record_path(path))
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":  # not set yet (a copy being built): no recursion through it
@@ -98,29 +91,3 @@ class SavingMixin:
         """Point ``last_checkpoint`` at the file, atomically (temporary file and rename)."""
         if self.save_to_disk:
             self.saver.tag(last_filename_basename)
-
-    def has_checkpoint(self) -> bool:
-        """Whether ``save_dir`` holds a checkpoint a resume would use (see ``save.fallback``)."""
-        return bool(self.get_checkpoint_file())
-
-    def get_checkpoint_file(self) -> str:
-        """The checkpoint a resume uses: the file ``last_checkpoint`` names (or, while an
-        asynchronous save is in flight, will name), else this run's newest valid one; ""
-        if none."""
-        if not self.save_dir:
-            return ""
-        saver = self.__dict__.get("_saver")
-        if saver is not None and saver.in_flight:
-            return os.path.join(self.save_dir, saver.in_flight)
-        used = plan_resume(self.save_dir).used
-        return os.path.join(self.save_dir, used) if used else ""
-
-    def get_all_checkpoint_files(self) -> List[str]:
-        """Checkpoint files in ``save_dir`` that pass the cheap integrity checks."""
-        if not self.save_dir:
-            return []
-        try:
-            found = scan(self.save_dir)
-        except OSError:
-            return []
-        return [os.path.join(self.save_dir, c.name) for c in found if not c.problem]

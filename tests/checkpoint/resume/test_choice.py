@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from d2_efficient_ckpt.checkpoint.save.fallback import (
+from d2_efficient_ckpt.checkpoint.resume.choice import (
     Candidate,
     choose_resume,
     describe_skipped,

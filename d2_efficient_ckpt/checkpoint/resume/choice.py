@@ -15,9 +15,10 @@ import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .atomic import is_temp_file
-from .integrity import RECORD_SUFFIX, IntegrityError, check_cheap
-from .tag import Tag, read_tag
+from ..save.integrity import RECORD_SUFFIX, IntegrityError, check_cheap
+from ..save.tag import Tag, read_tag
+from ..storage.atomic import is_temp_file
+from ..storage.registry import store_for
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -173,7 +174,7 @@ def _problem(path: str) -> Tuple[str, int, float, str]:
         return "", record.iteration, record.created, record.run
     if path.endswith(".pth"):
         try:
-            if os.path.getsize(path) == 0:
+            if store_for(path).info(path).size == 0:
                 return "the file is empty.", -1, 0.0, ""
             # A file without a record (written by stock detectron2, or killed before its
             # record was written): its zip directory sits at the end, so truncation shows.
@@ -190,7 +191,7 @@ def inspect(directory: str, name: str) -> Optional[Candidate]:
     """The :class:`Candidate` of one file, or None when there is nothing under the name."""
     path = os.path.join(directory, name)
     try:
-        mtime = os.stat(path).st_mtime
+        mtime = store_for(path).info(path).mtime
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -208,7 +209,7 @@ def scan(directory: str) -> List[Candidate]:
         OSError: the directory exists but cannot be listed.
     """
     try:
-        names = sorted(os.listdir(directory))
+        names = sorted(store_for(directory).list(directory))
     except FileNotFoundError:
         return []
     out: List[Candidate] = []

@@ -8,8 +8,8 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from d2_efficient_ckpt.checkpoint.save.atomic import temp_path_for
-from d2_efficient_ckpt.checkpoint.save.stale import (
+from d2_efficient_ckpt.checkpoint.storage.atomic import temp_path_for
+from d2_efficient_ckpt.checkpoint.storage.stale import (
     FRESH_S,
     is_dead,
     is_shared_storage,
@@ -21,7 +21,7 @@ from tests.conftest import REPO
 # so, and waits, as a save in flight does.
 _WRITER = """
 import sys, time
-from d2_efficient_ckpt.checkpoint.save.atomic import atomic_file
+from d2_efficient_ckpt.checkpoint.storage.atomic import atomic_file
 with atomic_file(sys.argv[1]) as f:
     f.write(b"half a checkpoint")
     f.flush()
@@ -85,7 +85,7 @@ def test_a_temp_file_that_cannot_be_removed_is_left_with_a_warning(tmp_path, cap
 
 def test_the_saver_own_temp_file_is_never_removed(tmp_path):
     path = str(tmp_path / "model_0000001.pth")
-    from d2_efficient_ckpt.checkpoint.save.atomic import atomic_file
+    from d2_efficient_ckpt.checkpoint.storage.atomic import atomic_file
 
     with atomic_file(path) as f:
         f.write(b"in flight")

@@ -1,0 +1,1 @@
+"""One load: open -> plan -> prefetch -> copy -> report -> restore (see ``pipeline``)."""
