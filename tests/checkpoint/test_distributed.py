@@ -114,3 +114,57 @@ def test_two_gpu_ranks_restore_onto_their_own_device(tmp_path):
         assert r["devices"] == [f"cuda:{rank}"], r
         assert r["same"] and r["same_momentum"]
         assert r["map_location"] == f"cuda:{rank}"
+
+
+def _resume_worker(dirs, broadcast, out_dir):
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    from d2_efficient_ckpt.checkpoint.errors import CheckpointError
+
+    rank = comm.get_rank()
+    try:
+        cfg = tiny_frcnn_cfg(**{"CHECKPOINT.LOAD.BROADCAST_FROM_MAIN": broadcast})
+        torch.manual_seed(100 + rank)
+        model = DistributedDataParallel(build_model(cfg))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        # Each rank its own output folder: storage that is not shared.
+        ck = build_checkpointer(cfg, model, dirs[rank], optimizer=opt)
+        try:
+            ck.resume_or_load("", resume=True)
+            result = {
+                "weights": [float(v.double().sum()) for v in model.module.state_dict().values()],
+                "momentum": len(opt.state_dict()["state"]),
+                "report": ck.last_report.checkpointables,
+            }
+        except CheckpointError as e:
+            result = {"error": str(e)}
+        with open(os.path.join(out_dir, f"resume{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_the_checkpointer_alone_resumes_from_the_main_process(tmp_path, monkeypatch, broadcast):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    torch.manual_seed(0)
+    model = build_model(tiny_frcnn_cfg())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    build_checkpointer(tiny_frcnn_cfg(), model, dirs[0], optimizer=opt).save("model_0000003")
+    os.makedirs(dirs[1])
+    launch(_resume_worker, 2, dist_url="auto", args=(dirs, broadcast, str(tmp_path)))
+    results = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in (0, 1)]
+    if not broadcast:  # one clear error on every rank, naming the rank and the fix
+        for r in results:
+            assert "ranks [1] cannot read the file" in r["error"]
+            assert "BROADCAST_FROM_MAIN" in r["error"]
+        return
+    want = [float(v.double().sum()) for v in model.state_dict().values()]
+    for r in results:
+        assert r["weights"] == want and r["momentum"] == len(list(model.parameters()))
+        assert r["report"]["optimizer"] == "restored"
