@@ -61,7 +61,7 @@ def _gitignore_patterns() -> List[str]:
     return [line for line in lines if line and not line.startswith(("#", "!"))]
 
 
-_IGNORED = _gitignore_patterns() + [".git/"]
+_IGNORED = _gitignore_patterns() + [".git"]
 
 
 def _is_ignored(rel: str) -> bool:
