@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode
 
+from .errors import UserError
+
 __all__ = [
     "ConfigError",
     "ConfigFileNotFoundError",
@@ -32,7 +34,7 @@ _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (?P<key>\S+)")
 _DATASET_LIST_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or command-line override that cannot be merged.
 
     The message names the file or option and the fix. Tools report it as bad input.

@@ -2,7 +2,8 @@
 
 One rule for ``python -m d2_efficient_ckpt`` and the scripts under ``tools/``:
 
-- an exception of the package's own user-error types (:data:`USER_ERRORS`) is bad input. It
+- an exception of the package's own user-error types (:class:`UserError`, the one base of
+  every error the package raises for bad input) is bad input. It
   is printed as one ``error: <message>`` line and the exit status is
   :data:`EXIT_BAD_INPUT` (2): its message already names the file, key or record and the fix,
   and a traceback would only bury that.
@@ -15,14 +16,11 @@ import sys
 import traceback
 from typing import Any, Callable
 
-from .checkpoint.errors import CheckpointError
-from .config_utils import ConfigError
-from .data.errors import DatasetConfigError, DatasetValidationError
-
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_INTERNAL_ERROR",
     "USER_ERRORS",
+    "UserError",
     "error_message",
     "exit_on_user_error",
     "print_error",
@@ -32,9 +30,20 @@ __all__ = [
 EXIT_BAD_INPUT = 2  # a file, config, dataset or argument is wrong; one error line says which
 EXIT_INTERNAL_ERROR = 3  # an unexpected exception: a bug; the traceback is printed
 
-# Raised for bad files, bad configs and bad datasets, with messages written for users. Only
-# these count as bad input: a built-in ValueError or KeyError may just as well be a bug.
-USER_ERRORS = (CheckpointError, ConfigError, DatasetConfigError, DatasetValidationError)
+
+
+class UserError(Exception):
+    """Base of every error the package raises for bad input: a file, config, dataset or
+    argument that is wrong. Its message names it and the fix.
+
+    Only these count as bad input: a built-in ``ValueError`` or ``KeyError`` may just as well
+    be a bug. Subclasses also derive from the built-in type a caller would expect
+    (``ValueError``, ``KeyError``, ``FileNotFoundError``), so existing handlers keep working.
+    """
+
+
+# What the tools report as bad input (see the module docstring).
+USER_ERRORS = (UserError,)
 
 
 def error_message(e: BaseException) -> str:

@@ -6,6 +6,8 @@ from inside torch or pickle to understand what went wrong.
 
 from typing import Iterable
 
+from ..errors import UserError
+
 __all__ = [
     "PartialLoadError",
     "ArchitectureMismatchError",
@@ -18,7 +20,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """Base class for checkpoint problems this package explains."""
 
 

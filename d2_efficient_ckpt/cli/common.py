@@ -13,14 +13,14 @@ from typing import Any, Dict, Iterator, Mapping, Tuple
 import torch
 
 from ..checkpoint.io.readers import OpenedCheckpoint, open_checkpoint
-from ..errors import EXIT_BAD_INPUT
+from ..errors import EXIT_BAD_INPUT, UserError
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the policy says error (diff), or integrity problems (verify)
 # EXIT_BAD_INPUT (2) and EXIT_INTERNAL_ERROR (3) are every tool's: see ..errors.
 
 
-class CliError(Exception):
+class CliError(UserError):
     """An error to print as ``error: <message>`` and exit with ``code``."""
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):

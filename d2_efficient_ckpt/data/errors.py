@@ -1,13 +1,17 @@
 """Exceptions raised by the dataset layer.
 
-Both derive from :class:`ValueError`, so callers that already catch bad-value errors keep
-working, while tests and tools can tell a broken dataset from a broken config.
+Both derive from the package's :class:`~d2_efficient_ckpt.errors.UserError` (the tools
+report them as bad input) and from :class:`ValueError`, so callers that already catch
+bad-value errors keep working, while tests and tools can tell a broken dataset from a
+broken config.
 """
+
+from ..errors import UserError
 
 __all__ = ["DatasetConfigError", "DatasetValidationError", "format_offenders"]
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError, ValueError):
     """The config declares or names datasets in a way that cannot work.
 
     Examples: a ``DATASETS.CUSTOM`` entry without ``ANN_FILE``, an unknown ``FORMAT``, a name
@@ -16,7 +20,7 @@ class DatasetConfigError(ValueError):
     """
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(UserError, ValueError):
     """A declared dataset's files or records are missing or malformed."""
 
 
