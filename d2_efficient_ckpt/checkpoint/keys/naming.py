@@ -61,7 +61,7 @@ def mapped_keys(rules, keys: Sequence[str], targets: set) -> List[Tuple[str, str
 def torchvision_source_prefix(keys: Sequence[str]) -> Optional[str]:
     """The prefix before torchvision ResNet names (``""``, ``"backbone.body."``), or ``None``
     when fewer than half of the keys (and fewer than 3) are torchvision ResNet names."""
-    found = Counter()
+    found: Counter = Counter()
     for key in keys:
         parts = key.split(".")
         # A torchvision name has at most 5 parts: only the last few suffixes can be one (all
@@ -121,7 +121,7 @@ def torchvision_resnet_to_detectron2(
             "not a torchvision ResNet state dict: expected keys like conv1.weight, bn1.weight, "
             f"layer1.0.conv1.weight; got {', '.join(keys[:4]) or 'no keys'}."
         )
-    selector = KeySelector(rename=[tuple(r) for r in torchvision_rename_rules(prefix, source)])
+    selector = KeySelector(rename=[(r[0], r[1]) for r in torchvision_rename_rules(prefix, source)])
     out, dropped, unknown = {}, [], []
     for key in keys:
         tail = key[len(source) :]

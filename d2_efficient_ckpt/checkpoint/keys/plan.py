@@ -82,8 +82,10 @@ def plan_keys(
             plan.unexpected.append(key)
             continue
         (ck_shape, ck_dtype), (shape, dtype) = checkpoint[ck], model[key]
-        if shape is not None and tuple(ck_shape) != tuple(shape) and key not in resizable:
-            plan.shape_mismatch.append((key, tuple(ck_shape), tuple(shape)))
+        # A checkpoint's keys always have a shape; only a model's lazy parameters lack one.
+        stored = tuple(ck_shape or ())
+        if shape is not None and stored != tuple(shape) and key not in resizable:
+            plan.shape_mismatch.append((key, stored, tuple(shape)))
             continue
         if shape is not None and ck_dtype is not None and ck_dtype != dtype:
             plan.dtype_changed.append((key, str(ck_dtype), str(dtype)))

@@ -132,6 +132,7 @@ def plan_load(
     model_sd = model.state_dict()
     lazy = torch.nn.parameter.is_lazy
     heuristics = request.matching_heuristics or source.entries.get("matching_heuristics") is True
+    state: Mapping[str, Any]
     if heuristics:
         state, checkpoint_keys = _match_names(source, model_sd), []
     else:

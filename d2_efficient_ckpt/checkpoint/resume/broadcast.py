@@ -78,9 +78,9 @@ def broadcast_tensors(
 
 
 class _Slot(NamedTuple):
-    """Where the ``index``-th tensor of a state goes in its structure."""
+    """Where the ``position``-th tensor of a state goes in its structure."""
 
-    index: int
+    position: int
 
 
 def _split(obj: Any, tensors: List[torch.Tensor]) -> Any:
@@ -102,7 +102,7 @@ def _split(obj: Any, tensors: List[torch.Tensor]) -> Any:
 
 def _join(obj: Any, tensors: List[torch.Tensor]) -> Any:
     if isinstance(obj, _Slot):
-        return tensors[obj.index]
+        return tensors[obj.position]
     if isinstance(obj, dict):
         out = copy.copy(obj)
         out.clear()

@@ -20,6 +20,8 @@ class ResumeMixin:
     """fvcore's ``has_checkpoint``, ``get_checkpoint_file`` and ``get_all_checkpoint_files``
     through the resume rule; needs ``save_dir`` (and the saver's ``in_flight``, if any)."""
 
+    save_dir: str  # fvcore's Checkpointer sets it
+
     def has_checkpoint(self) -> bool:
         """Whether ``save_dir`` holds a checkpoint a resume would use (see ``choice``)."""
         return bool(self.get_checkpoint_file())

@@ -41,6 +41,13 @@ class RecordAwarePathManager:
 class SavingMixin:
     """Crash-safe, verified, optionally asynchronous saving for a ``Checkpointer``."""
 
+    # Set by fvcore's Checkpointer and by the checkpointer's constructor.
+    model: Any
+    save_dir: str
+    save_to_disk: bool
+    checkpointables: Dict[str, Any]
+    cfg: Any
+
     @property
     def path_manager(self) -> Any:
         return self.__dict__.get("_path_manager")

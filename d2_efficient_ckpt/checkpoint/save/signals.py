@@ -26,7 +26,7 @@ def parse_signals(names: Sequence[str]) -> List[signal.Signals]:
     Raises:
         SaveConfigError: a name this platform does not know, or one that cannot be caught.
     """
-    out = []
+    out: List[signal.Signals] = []
     for name in names:
         key = str(name).upper()
         key = key if key.startswith("SIG") else "SIG" + key

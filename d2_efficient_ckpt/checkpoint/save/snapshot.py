@@ -89,7 +89,7 @@ class SnapshotBuffers:
             seen[key] = True
             return self._copy_tensor(obj, key, snap)
         if isinstance(obj, dict):
-            out = OrderedDict() if isinstance(obj, OrderedDict) else {}
+            out: Any = OrderedDict() if isinstance(obj, OrderedDict) else {}
             for k, v in obj.items():
                 out[k] = self._copy(v, key + (k,), snap, seen)
             meta = getattr(obj, "_metadata", None)
@@ -105,8 +105,7 @@ class SnapshotBuffers:
         t = t.detach()
         buf = self._buffers.get(key)
         on_device = t.device.type != "cpu"
-        fits = buf is not None and (buf.shape, buf.dtype) == (t.shape, t.dtype)
-        if not fits or buf.stride() != t.stride():
+        if buf is None or (buf.shape, buf.dtype, buf.stride()) != (t.shape, t.dtype, t.stride()):
             if buf is not None:
                 self.allocated_bytes -= _nbytes(buf)
             buf = _empty_like_host(t, pin=on_device and t.device.type == "cuda")

@@ -117,7 +117,7 @@ def write_checkpoint(
         IntegrityError: the file read back differs from what was written; it was removed
             and the previous file of that name is unchanged.
     """
-    serializer = serializer or torch.save
+    write: Serializer = serializer or torch.save  # torch.save takes any binary file object
     start = time.perf_counter()
     hashing: Optional[HashingWriter] = None
     verify_s = 0.0
@@ -142,7 +142,7 @@ def write_checkpoint(
     try:
         with store_for(path).open_atomic(path, opener=opener, before_replace=before_replace) as f:
             hashing = HashingWriter(f)
-            serializer(data, hashing)
+            write(data, hashing)
         record = IntegrityRecord(
             os.path.basename(path), hashing.size, hashing.hexdigest(), iteration=iteration, run=run
         )
