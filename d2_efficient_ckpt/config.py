@@ -6,6 +6,8 @@ default config, so a ``get_cfg()`` made elsewhere in the same process stays stoc
 
 from detectron2.config import CfgNode as CN
 
+from .checkpoint.options import TRAINER_PART_NAMES
+
 __all__ = ["add_efficient_ckpt_config"]
 
 
@@ -39,9 +41,7 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     # Apply INCLUDE/EXCLUDE/RENAME also when resuming this run's own last checkpoint.
     ld.setdefault("SELECT_ON_RESUME", False)
     # Parts a resume restores; "sampling" is the data order and random states (exact resume).
-    ld.setdefault(
-        "CHECKPOINTABLES", ["optimizer", "scheduler", "iteration", "hooks", "scaler", "sampling"]
-    )
+    ld.setdefault("CHECKPOINTABLES", list(TRAINER_PART_NAMES))
     # Memory-map torch zip files so only the storages that are used are read.
     ld.setdefault("MMAP", True)
     # Refuse checkpoint files that need arbitrary pickle code; set False only for trusted files.
