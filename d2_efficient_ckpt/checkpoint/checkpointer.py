@@ -29,7 +29,7 @@ from .load.source import (
 )
 from .options import LoadOptions
 from .report.load_report import LoadReport
-from .restore.parity import default_checkpointables
+from .restore.state_dict_rules import default_checkpointables
 from .resume.broadcast import load_on_main
 from .resume.mixin import ResumeMixin
 from .resume.resume import every_rank_reads, resume_from_directory

@@ -12,7 +12,10 @@ from ..checkpoint.io.readers import OpenedCheckpoint
 from ..checkpoint.io.tensors import as_tensor
 from ..checkpoint.io.training_tree import is_training_metadata
 from ..checkpoint.io.writers import entries_of
-from ..checkpoint.keys.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
+from ..checkpoint.keys.rename_rules import (
+    TORCHVISION_INPUT_CONFIG,
+    torchvision_resnet_to_detectron2,
+)
 from ..checkpoint.save.errors import SaveConfigError
 from ..checkpoint.save.safetensors_format import write_training_safetensors
 from ..checkpoint.save.saver import iteration_of

@@ -6,7 +6,7 @@ detectron2's ``checkpoint/__init__.py`` imports its catalog, so importing any pa
 ``explain`` makes every recogniser available.
 """
 
-from . import backbone, heads, naming, retinanet, widths, wrappers  # noqa: F401 (registration)
+from . import backbone, heads, name_schemes, retinanet, widths, wrappers  # noqa: F401 (registration)
 from .base import ExplainContext, Explanation, dataset_classes, explain, recogniser
 
 __all__ = ["ExplainContext", "Explanation", "dataset_classes", "explain", "recogniser"]

@@ -5,7 +5,7 @@ import re
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..keys.naming import rules_text
+from ..keys.rename_rules import rules_text
 from .base import ExplainContext, Explanation, recogniser
 
 _WRAPPERS = {

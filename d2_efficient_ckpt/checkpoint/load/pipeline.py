@@ -40,7 +40,7 @@ from ..restore.arena import HostArena
 from ..restore.checkpointables import RestorePlan, plan_restore, run_restore
 from ..restore.device import resolve_map_location
 from ..restore.model import copy_into_model
-from ..restore.parity import (
+from ..restore.state_dict_rules import (
     clean_metadata,
     count_params,
     rename_metadata,

@@ -1,6 +1,6 @@
 """Rename rules for checkpoints named by other code: torchvision, pycls, Caffe2.
 
-The rules here are CHECKPOINT.LOAD.RENAME pairs; ``explain/naming.py`` suggests them in
+The rules here are CHECKPOINT.LOAD.RENAME pairs; ``explain/name_schemes.py`` suggests them in
 load reports, and :func:`torchvision_resnet_to_detectron2` applies the torchvision rules once,
 for ``convert``.
 """

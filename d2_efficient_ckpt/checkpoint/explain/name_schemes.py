@@ -1,11 +1,11 @@
 """Recognise checkpoints named by other code (torchvision, pycls, Caffe2) and suggest
-the CHECKPOINT.LOAD.RENAME rules that map them onto the model (rules in ``keys/naming.py``;
+the CHECKPOINT.LOAD.RENAME rules that map them onto the model (rules in ``keys/rename_rules.py``;
 wrapper prefixes are in ``wrappers.py``).
 """
 
 from typing import Any, Dict, List, Optional
 
-from ..keys.naming import (
+from ..keys.rename_rules import (
     C2_KEY,
     PYCLS_KEY,
     TORCHVISION_INPUT_CONFIG,

@@ -17,7 +17,7 @@ from fvcore.common.checkpoint import _filter_reused_missing_keys
 from torch.ao.quantization import PerChannelMinMaxObserver, default_per_channel_weight_fake_quant
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.restore.parity import (
+from d2_efficient_ckpt.checkpoint.restore.state_dict_rules import (
     count_params,
     default_checkpointables,
     filled_by_module,
