@@ -25,29 +25,23 @@ from .registrar import (
     validation_mode,
 )
 from .report import Problem, ValidationReport
-from .toy import TOY_CATEGORIES, ToyDataset, ToySplit, generate_toy_dataset, render_toy_image
 from .validation import check_dataset_names, check_num_classes
 
 __all__ = [
     "COCO",
     "DATASET_FORMAT_REGISTRY",
-    "TOY_CATEGORIES",
     "DatasetConfigError",
     "DatasetFormat",
     "DatasetValidationError",
     "Problem",
     "RawDataset",
-    "ToyDataset",
-    "ToySplit",
     "ValidationReport",
     "available_formats",
     "check_dataset_names",
     "check_num_classes",
-    "generate_toy_dataset",
     "get_dataset_format",
     "prepare_datasets",
     "register_and_report",
     "register_datasets_from_cfg",
-    "render_toy_image",
     "validation_mode",
 ]
