@@ -7,8 +7,6 @@ in :data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
     prepare_datasets(cfg)  # register, validate, check DATASETS.TRAIN/TEST and NUM_CLASSES
 """
 
-from . import voc as _voc  # noqa: F401  (registers FORMAT: voc)
-from . import yolo as _yolo  # noqa: F401  (registers FORMAT: yolo)
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import (
     COCO,

@@ -64,7 +64,7 @@ def check_records(
         data: COCO-shaped dict from a format reader (modified in place). Images may lack
             ``width``/``height`` (read from the file), annotations may carry ``yolo_box``
             (normalized center, width, height) instead of ``bbox``, or come as a
-            ``box_table`` (:class:`~d2_efficient_ckpt.data.box_table.BoxTable`), which
+            ``box_table`` (:class:`~d2_efficient_ckpt.data.formats.yolo.box_table.BoxTable`), which
             becomes the checked ``annotations``.
         image_root: folder that relative ``file_name`` values are relative to.
         source: the annotation file (or folder) the records came from, for messages.

@@ -19,10 +19,10 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import DatasetValidationError
-from .images import ImageInfo, read_image_info
-from .parallel import map_chunks
-from .sources import read_text
+from ...errors import DatasetValidationError
+from ...images import ImageInfo, read_image_info
+from ...parallel import map_chunks
+from ..files import read_text
 
 __all__ = ["Labels", "label_path", "parse_line", "read_labels"]
 

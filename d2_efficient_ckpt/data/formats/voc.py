@@ -15,36 +15,14 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .errors import DatasetConfigError, DatasetValidationError
-from .formats import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset
-from .report import ERROR, ValidationReport
-from .sources import check_dir, check_file, header, read_text
+from ..errors import DatasetConfigError, DatasetValidationError
+from ..report import ERROR, ValidationReport
+from .base import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset, check_names
+from .files import check_dir, check_file, header, read_text
 
 __all__ = ["VOC"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_names(name: str, names: Any) -> Optional[List[str]]:
-    """Check a ``NAMES`` value: a list of unique, non-empty strings (or absent)."""
-    if names is None:
-        return None
-    where = f"DATASETS.CUSTOM.{name}.NAMES"
-    if not isinstance(names, (list, tuple)) or not names:
-        raise DatasetConfigError(
-            f"{where} must be a non-empty list of class names, got {names!r}. Write it like "
-            f"{where}: [cat, dog]."
-        )
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise DatasetConfigError(f"{where} holds non-names {bad!r}; every entry must be text.")
-    dups = sorted({n for n in names if list(names).count(n) > 1})
-    if dups:
-        raise DatasetConfigError(
-            f"{where} lists {dups} more than once; one model class needs one name. Remove the "
-            "repeats."
-        )
-    return [str(n) for n in names]
 
 
 def _split_file(spec: Mapping[str, Any]) -> str:

@@ -17,13 +17,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ...errors import DatasetConfigError, DatasetValidationError
+from ...report import ERROR, WARNING, ValidationReport
+from ..base import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset, check_names
+from ..files import check_dir, check_file, header, read_text
 from .box_table import BoxTable
-from .errors import DatasetConfigError, DatasetValidationError
-from .formats import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset
-from .report import ERROR, WARNING, ValidationReport
-from .sources import check_dir, check_file, header, read_text
-from .voc import check_names
-from .yolo_labels import label_path, read_labels
+from .labels import label_path, read_labels
 
 __all__ = ["YOLO", "default_label_root"]
 
