@@ -7,6 +7,7 @@ in :data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
     prepare_datasets(cfg)  # register, validate, check DATASETS.TRAIN/TEST and NUM_CLASSES
 """
 
+from .checks import check_dataset_names, check_num_classes
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import (
     COCO,
@@ -16,14 +17,9 @@ from .formats import (
     available_formats,
     get_dataset_format,
 )
-from .registrar import (
-    prepare_datasets,
-    register_and_report,
-    register_datasets_from_cfg,
-    validation_mode,
-)
+from .options import validation_mode
+from .registrar import prepare_datasets, register_and_report, register_datasets_from_cfg
 from .report import Problem, ValidationReport
-from .validation import check_dataset_names, check_num_classes
 
 __all__ = [
     "COCO",

@@ -20,21 +20,19 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
 from .cache import default_cache_dir
-from .checks import CheckOptions
+from .checks.cross_dataset import check_cross_dataset, check_dataset_names, check_num_classes
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import DatasetFormat, get_dataset_format
+from .options import CheckOptions, check_options, validation_mode
 from .records import to_dataset_dicts
 from .report import ERROR, WARNING, ValidationReport
 from .scan import ScannedDataset, category_table, load_dataset_dicts, scan_dataset
-from .validation import check_cross_dataset, check_dataset_names, check_num_classes
 
 __all__ = [
     "REPORT_FILE",
-    "check_options",
     "prepare_datasets",
     "register_datasets_from_cfg",
     "register_and_report",
-    "validation_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,7 +42,6 @@ logger = logging.getLogger(__name__)
 SPEC_METADATA_KEY = "custom_dataset_spec"
 #: File name of the JSON report in OUTPUT_DIR.
 REPORT_FILE = "dataset_report.json"
-_MODES = ("error", "warn", "off")
 
 Planned = Tuple[str, Any, Dict[str, Any]]
 
@@ -112,44 +109,6 @@ def _already_registered(name: str, spec: Dict[str, Any]) -> bool:
             f"and MetadataCatalog.remove('{name}') first."
         )
     return True
-
-
-def validation_mode(cfg: CfgNode) -> str:
-    """``DATASETS.VALIDATION`` (error, warn or off); ``DATASETS.VALIDATE False`` means off.
-
-    Raises:
-        DatasetConfigError: an unknown value.
-    """
-    if not cfg.DATASETS.get("VALIDATE", True):
-        return "off"
-    mode = cfg.DATASETS.get("VALIDATION", "error")
-    mode = str(mode).strip().lower() if mode is not False else "off"
-    if mode not in _MODES:
-        raise DatasetConfigError(
-            f"DATASETS.VALIDATION is {mode!r}; use one of {list(_MODES)} (error: problems stop "
-            "the run, warn: they are fixed and logged, off: no checks before training)."
-        )
-    return mode
-
-
-def check_options(cfg: CfgNode, mode: str) -> CheckOptions:
-    """The record-check options of a run, from its config.
-
-    Raises:
-        DatasetConfigError: an unknown ``DATASETS.BOX_OUTSIDE_IMAGE``.
-    """
-    box = str(cfg.DATASETS.get("BOX_OUTSIDE_IMAGE", "clip")).strip().lower()
-    if box not in ("clip", "drop"):
-        raise DatasetConfigError(
-            f"DATASETS.BOX_OUTSIDE_IMAGE is {box!r}; use clip (cut boxes at the image border) "
-            "or drop (remove them)."
-        )
-    return CheckOptions(
-        check_sizes=mode != "off",
-        box_outside=box,
-        filter_empty=bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
-        workers=int(cfg.DATASETS.get("VALIDATION_WORKERS", 0)),
-    )
 
 
 def _set_metadata(name: str, scanned: ScannedDataset, spec: Optional[Dict[str, Any]]) -> None:

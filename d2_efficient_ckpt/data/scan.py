@@ -17,9 +17,10 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 from tabulate import tabulate
 
 from .cache import CACHE_VERSION, entry_paths, read_entry, source_key, write_json
-from .checks import CheckOptions, check_records
+from .checks import check_records
 from .errors import DatasetConfigError
 from .formats import DatasetFormat
+from .options import CheckOptions
 from .records import to_dataset_dicts
 from .report import Problem, ValidationReport
 

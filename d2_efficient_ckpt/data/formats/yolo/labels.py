@@ -20,7 +20,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import DatasetValidationError
-from ...images import ImageInfo, read_image_info
+from ...image_headers import ImageInfo, read_image_info
 from ...parallel import map_chunks
 from ..files import read_text
 

@@ -15,25 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from .checks_images import check_categories, check_image_ids, check_images
-from .report import ERROR, INFO, WARNING, ValidationReport
-from .values import ID_TYPES, NUMBER_TYPES, is_box, is_int, is_valid_segmentation
+from ..options import CheckOptions
+from ..report import ERROR, INFO, WARNING, ValidationReport
+from .categories import check_categories, check_image_ids
+from .images import check_images
+from .json_types import ID_TYPES, NUMBER_TYPES, is_box, is_int, is_valid_segmentation
 
-__all__ = ["CheckOptions", "CheckResult", "check_records"]
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """How records are checked and repaired; built from the config by the registrar."""
-
-    #: Read every image header to check its size (False: only images without a size).
-    check_sizes: bool = True
-    #: "clip" or "drop": what happens to a box that runs outside its image.
-    box_outside: str = "clip"
-    #: DATALOADER.FILTER_EMPTY_ANNOTATIONS, for the empty-image count.
-    filter_empty: bool = True
-    #: Header-reading processes; 0: automatic.
-    workers: int = 0
+__all__ = ["CheckResult", "check_records"]
 
 
 @dataclass
