@@ -18,7 +18,7 @@ from .formats import (
     get_dataset_format,
 )
 from .options import validation_mode
-from .registrar import prepare_datasets, register_and_report, register_datasets_from_cfg
+from .registration import prepare_datasets, register_and_report, register_datasets_from_cfg
 from .report import Problem, ValidationReport
 
 __all__ = [

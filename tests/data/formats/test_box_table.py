@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from d2_efficient_ckpt.data import parallel as parallel_module
-from d2_efficient_ckpt.data.cache import write_json
 from d2_efficient_ckpt.data.checks import check_records
 from d2_efficient_ckpt.data.formats.files import read_text
 from d2_efficient_ckpt.data.formats.yolo import box_table as box_table_module
@@ -22,6 +21,7 @@ from d2_efficient_ckpt.data.formats.yolo import labels as yolo_labels
 from d2_efficient_ckpt.data.formats.yolo.box_table import BoxTable
 from d2_efficient_ckpt.data.image_headers import read_image_info
 from d2_efficient_ckpt.data.options import CheckOptions
+from d2_efficient_ckpt.data.registration.cache import write_json
 from d2_efficient_ckpt.data.report import ValidationReport
 
 NUM_CLASSES = 3

@@ -19,13 +19,13 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
 
+from ..checks import check_cross_dataset, check_dataset_names, check_num_classes
+from ..errors import DatasetConfigError, DatasetValidationError
+from ..formats import DatasetFormat, get_dataset_format
+from ..options import CheckOptions, check_options, validation_mode
+from ..report import ERROR, WARNING, ValidationReport
 from .cache import default_cache_dir
-from .checks.cross_dataset import check_cross_dataset, check_dataset_names, check_num_classes
-from .errors import DatasetConfigError, DatasetValidationError
-from .formats import DatasetFormat, get_dataset_format
-from .options import CheckOptions, check_options, validation_mode
-from .records import to_dataset_dicts
-from .report import ERROR, WARNING, ValidationReport
+from .dataset_dicts import to_dataset_dicts
 from .scan import ScannedDataset, category_table, load_dataset_dicts, scan_dataset
 
 __all__ = [
