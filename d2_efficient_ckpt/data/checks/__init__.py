@@ -1,8 +1,9 @@
 """Checks of datasets: the records of one dataset, and datasets against each other.
 
 * :mod:`.records`: :func:`check_records`, the one pass over a dataset's COCO-shaped records
-  that every format shares, built from :mod:`.categories` (problems no fix resolves) and
-  :mod:`.images` (image records and files), with the JSON type tests of :mod:`.json_types`;
+  that every format shares, built from :mod:`.categories` (problems no fix resolves),
+  :mod:`.images` (image records and files) and :mod:`.annotations` (one annotation at a
+  time), with the JSON type tests of :mod:`.json_types`;
 * :mod:`.cross_dataset`: class lists across datasets, ``DATASETS.TRAIN``/``TEST`` names and
   ``MODEL.ROI_HEADS.NUM_CLASSES``.
 

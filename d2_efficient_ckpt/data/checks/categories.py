@@ -14,6 +14,7 @@ __all__ = ["check_categories", "check_image_ids", "fatal"]
 
 
 def fatal(name: str, source: str, title: str, records: List[str], fix: str) -> None:
+    """Raise :class:`DatasetValidationError` listing the first offending ``records``."""
     raise DatasetValidationError(
         f"Dataset '{name}' (DATASETS.CUSTOM.{name}): {len(records)} {title} in '{source}':\n"
         f"{format_offenders(records)}\n  Fix: {fix}"
@@ -21,6 +22,12 @@ def fatal(name: str, source: str, title: str, records: List[str], fix: str) -> N
 
 
 def check_categories(name: str, source: str, data: Dict[str, Any]) -> Dict[int, str]:
+    """The categories by id; raise for any without an integer id and a name, or repeated.
+
+    Raises:
+        DatasetValidationError: bad entries, duplicate ids or duplicate names, all of one
+            kind listed in one message.
+    """
     categories: Dict[int, str] = {}
     bad, dup_ids = [], []
     for i, cat in enumerate(data["categories"]):
@@ -66,6 +73,11 @@ def check_categories(name: str, source: str, data: Dict[str, Any]) -> Dict[int, 
 
 
 def check_image_ids(name: str, source: str, images: List[Any]) -> None:
+    """Raise when image ids mix integers and strings: no mapping of them would be safe.
+
+    Raises:
+        DatasetValidationError: image ids of both types.
+    """
     kinds = {type(img.get("id")).__name__ for img in images if isinstance(img, dict)}
     kinds.discard("NoneType")
     if len(kinds & {"int", "str"}) > 1:

@@ -6,9 +6,9 @@ are reported and dropped; image sizes come from the file headers
 """
 
 import os
-from typing import Any, Callable, Dict, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Set, Tuple
 
-from ..image_headers import read_image_infos
+from ..image_headers import ImageInfo, read_image_infos
 from ..report import ERROR
 from .json_types import is_int, is_number
 
@@ -40,14 +40,40 @@ def check_images(
         The kept images by id, every valid id seen (dropped ones included), and whether a
         record changed.
     """
-    changed = False
-    images: Dict[Any, Dict[str, Any]] = {}
     all_ids = {
         img.get("id")
         for img in data["images"]
         if isinstance(img, dict) and (is_int(img.get("id")) or isinstance(img.get("id"), str))
     }
-    for i, img in enumerate(data["images"]):
+    images = _check_image_records(data["images"], add)
+    kept = list(images.values())
+    need = [img for img in kept if check_sizes or not img.get("width")]
+    # Headers a format reader already read along with its own files.
+    known = data.pop("image_infos", None) or {}
+    infos = _read_headers(name, need, known, image_root, workers)
+    missing_fix = (
+        f"restore the files under IMAGE_ROOT '{image_root}', or remove those images from the "
+        "annotations."
+    )
+    unchecked = [img for img in kept if not (check_sizes or not img.get("width"))]
+    _check_regular_files(unchecked, images, image_root, missing_fix, add)
+    changed = _apply_headers(need, infos, images, missing_fix, add)
+    if kept and not images:
+        add(
+            ERROR,
+            "datasets whose images are all missing or unreadable",
+            f"IMAGE_ROOT '{image_root}' is probably wrong: set it to the folder that "
+            '"file_name" is relative to.',
+            None,
+            "none",
+        )
+    return images, all_ids, changed
+
+
+def _check_image_records(records: List[Any], add: Callable[..., None]) -> Dict[Any, Dict[str, Any]]:
+    """The usable image records by id, in order; the others are reported and dropped."""
+    images: Dict[Any, Dict[str, Any]] = {}
+    for i, img in enumerate(records):
         img_id = img.get("id") if isinstance(img, dict) else None
         if not (is_int(img_id) or isinstance(img_id, str)):
             add(
@@ -77,24 +103,35 @@ def check_images(
                 "dropped",
             )
             continue
-        for key in ("width", "height"):
-            value = img.get(key)
-            if value is not None and (not is_number(value) or value <= 0):
-                add(
-                    ERROR,
-                    'images with a bad "width"/"height"',
-                    "store each image's pixel size as positive numbers (or remove them: they "
-                    "are then read from the file).",
-                    f"image id {img_id!r}: {key}={value!r}",
-                    "size read from the file",
-                )
-                img[key] = None
+        _check_size_fields(img, img_id, add)
         images[img_id] = img
+    return images
 
-    kept = list(images.values())
-    need = [img for img in kept if check_sizes or not img.get("width")]
-    # Headers a format reader already read along with its own files.
-    known = data.pop("image_infos", None) or {}
+
+def _check_size_fields(img: Dict[str, Any], img_id: Any, add: Callable[..., None]) -> None:
+    # A bad size is no reason to drop the image: the file's header has the right one.
+    for key in ("width", "height"):
+        value = img.get(key)
+        if value is not None and (not is_number(value) or value <= 0):
+            add(
+                ERROR,
+                'images with a bad "width"/"height"',
+                "store each image's pixel size as positive numbers (or remove them: they "
+                "are then read from the file).",
+                f"image id {img_id!r}: {key}={value!r}",
+                "size read from the file",
+            )
+            img[key] = None
+
+
+def _read_headers(
+    name: str,
+    need: List[Dict[str, Any]],
+    known: Mapping[Any, ImageInfo],
+    image_root: str,
+    workers: int,
+) -> List[ImageInfo]:
+    """The header of each image of ``need``: from ``known``, else read from its file."""
     unread = iter(
         read_image_infos(
             [os.path.join(image_root, img["file_name"]) for img in need if img["id"] not in known],
@@ -102,12 +139,17 @@ def check_images(
             desc=f"checking images of {name}",
         )
     )
-    infos = [known[img["id"]] if img["id"] in known else next(unread) for img in need]
-    missing_fix = (
-        f"restore the files under IMAGE_ROOT '{image_root}', or remove those images from the "
-        "annotations."
-    )
-    unchecked = [img for img in kept if not (check_sizes or not img.get("width"))]
+    return [known[img["id"]] if img["id"] in known else next(unread) for img in need]
+
+
+def _check_regular_files(
+    unchecked: List[Dict[str, Any]],
+    images: Dict[Any, Dict[str, Any]],
+    image_root: str,
+    missing_fix: str,
+    add: Callable[..., None],
+) -> None:
+    """Drop the images whose header is not read and whose file is not a regular file."""
     for img in unchecked:
         # Without header reads, still refuse anything that is not a regular file: a FIFO
         # would block a data-loader worker forever.
@@ -121,6 +163,17 @@ def check_images(
                 "dropped",
             )
             images.pop(img["id"])
+
+
+def _apply_headers(
+    need: List[Dict[str, Any]],
+    infos: List[ImageInfo],
+    images: Dict[Any, Dict[str, Any]],
+    missing_fix: str,
+    add: Callable[..., None],
+) -> bool:
+    """Drop unreadable images, take sizes from the headers; True when a record changed."""
+    changed = False
     for img, info in zip(need, infos):
         record = f"image id {img['id']!r}: '{img['file_name']}'"
         if info.error == "file not found":
@@ -151,13 +204,4 @@ def check_images(
             )
             img["width"], img["height"] = info.width, info.height
             changed = True
-    if kept and not images:
-        add(
-            ERROR,
-            "datasets whose images are all missing or unreadable",
-            f"IMAGE_ROOT '{image_root}' is probably wrong: set it to the folder that "
-            '"file_name" is relative to.',
-            None,
-            "none",
-        )
-    return images, all_ids, changed
+    return changed
