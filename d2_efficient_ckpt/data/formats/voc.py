@@ -13,7 +13,7 @@ names found in the XML files, sorted, and listed in the log.
 import logging
 import os
 import xml.etree.ElementTree as ET
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, cast
 
 from ..errors import DatasetConfigError, DatasetValidationError
 from ..report import ERROR, ValidationReport
@@ -23,6 +23,11 @@ from .files import check_dir, check_file, header, read_text
 __all__ = ["VOC"]
 
 logger = logging.getLogger(__name__)
+
+# Adds one report row: ``add(title, fix, record, action="dropped")``.
+_Add = Callable[..., None]
+# An annotation and the class name of its object, before the name becomes a category id.
+_Object = Tuple[Dict[str, Any], str]
 
 
 def _split_file(spec: Mapping[str, Any]) -> str:
@@ -116,104 +121,155 @@ class VOC(DatasetFormat):
         root = spec["ROOT"]
         ids = cls._ids(name, spec)
         split_file = _split_file(spec)
-        images: List[Dict[str, Any]] = []
-        annotations: List[Dict[str, Any]] = []
-        objects: List[Tuple[Dict[str, Any], str]] = []  # (annotation, class name)
-        seen = set()
 
         def add(title: str, fix: str, record: str, action: str = "dropped") -> None:
             report.add(name, ERROR, title, fix, record, action=action, source=split_file)
 
-        for image_id in ids:
-            if image_id in seen:
-                add("ids listed twice in the split file", "list every image once.", image_id)
-                continue
-            seen.add(image_id)
-            xml_path = os.path.join(root, "Annotations", f"{image_id}.xml")
-            if not os.path.lexists(xml_path):
-                add(
-                    "images without an annotation file",
-                    "add Annotations/<id>.xml for each id of the split file, or remove the id.",
-                    f"'{xml_path}'",
-                )
-                continue
-            if not os.path.isfile(xml_path):
-                # Checked before opening: reading a FIFO blocks forever.
-                add(
-                    "annotation files that are not regular files",
-                    "replace each with a VOC XML file (it is a directory, FIFO or device).",
-                    f"'{xml_path}'",
-                )
-                continue
-            try:
-                with open(xml_path, "rb") as f:
-                    tree = ET.fromstring(f.read())
-            except (ET.ParseError, OSError) as e:
-                add(
-                    "unreadable annotation XML files",
-                    "fix or regenerate the XML file (it must be well-formed VOC XML).",
-                    f"'{xml_path}': {e}",
-                )
-                continue
-            rel = os.path.join("JPEGImages", f"{image_id}.jpg")
-            image = {"id": image_id, "file_name": rel}
-            for key in ("width", "height"):
-                value = _number(_text(tree, f"size/{key}"))
-                # A missing or zero size (common in converted sets) is read from the file.
-                image[key] = value if value and value > 0 else None
-            images.append(image)
-            for k, obj in enumerate(tree.findall("object")):
-                ann_id = f"{image_id}.xml object {k + 1}"
-                cls_name = _text(obj, "name")
-                if not cls_name:
-                    add(
-                        "objects without a <name>",
-                        "give every <object> a <name> with its class.",
-                        f"'{xml_path}' object {k + 1}",
-                    )
-                    continue
-                box = [_number(_text(obj, f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]
-                if any(v is None for v in box):
-                    bbox: Any = [
-                        _text(obj, f"bndbox/{t}") for t in ("xmin", "ymin", "xmax", "ymax")
-                    ]
-                else:
-                    xmin, ymin, xmax, ymax = box
-                    bbox = [xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0]
-                ann = {"id": ann_id, "image_id": image_id, "bbox": bbox, "iscrowd": 0}
-                if _text(obj, "difficult") == "1":
-                    ann["difficult"] = 1
-                objects.append((ann, cls_name))
-
-        names = spec.get("NAMES")
-        if names is None:
-            names = sorted({cls_name for _, cls_name in objects})
-            if not names:
-                raise DatasetValidationError(
-                    f"{header(name)}: no <object> with a <name> in the XML files of split "
-                    f"'{split_file}', so the classes are unknown. Set "
-                    f"DATASETS.CUSTOM.{name}.NAMES: [...] or annotate the images."
-                )
-            logger.info(
-                f"Dataset '{name}': no NAMES given; the {len(names)} classes found in its XML "
-                f"files, sorted: {', '.join(names)}"
-            )
+        images, objects = _read_annotations(root, ids, add)
+        names = _class_names(name, spec.get("NAMES"), objects, split_file)
         category = {n: i + 1 for i, n in enumerate(names)}
-        for ann, cls_name in objects:
-            if cls_name not in category:
-                add(
-                    "objects whose class is not in NAMES",
-                    f"add the class to DATASETS.CUSTOM.{name}.NAMES or fix the <name>.",
-                    f"{ann['id']}: '{cls_name}'",
-                )
-                continue
-            ann["category_id"] = category[cls_name]
-            annotations.append(ann)
         data = {
             "images": images,
-            "annotations": annotations,
+            "annotations": _with_categories(name, objects, category, add),
             "categories": [{"id": i, "name": n} for n, i in category.items()],
             "source_ids": {i: n for n, i in category.items()},
             "renumber": True,
         }
         return RawDataset(data, root, split_file)
+
+
+def _read_annotations(
+    root: str, ids: List[str], add: _Add
+) -> Tuple[List[Dict[str, Any]], List[_Object]]:
+    """The image record and the objects of every id of the split with a readable XML file."""
+    images: List[Dict[str, Any]] = []
+    objects: List[_Object] = []
+    seen = set()
+    for image_id in ids:
+        if image_id in seen:
+            add("ids listed twice in the split file", "list every image once.", image_id)
+            continue
+        seen.add(image_id)
+        xml_path = os.path.join(root, "Annotations", f"{image_id}.xml")
+        tree = _parse_xml(xml_path, add)
+        if tree is None:
+            continue
+        images.append(_image_record(image_id, tree))
+        objects += _objects(image_id, xml_path, tree, add)
+    return images, objects
+
+
+def _parse_xml(xml_path: str, add: _Add) -> Optional[ET.Element]:
+    """The root element of an annotation file, or None (reported) when there is none."""
+    if not os.path.lexists(xml_path):
+        add(
+            "images without an annotation file",
+            "add Annotations/<id>.xml for each id of the split file, or remove the id.",
+            f"'{xml_path}'",
+        )
+        return None
+    if not os.path.isfile(xml_path):
+        # Checked before opening: reading a FIFO blocks forever.
+        add(
+            "annotation files that are not regular files",
+            "replace each with a VOC XML file (it is a directory, FIFO or device).",
+            f"'{xml_path}'",
+        )
+        return None
+    try:
+        with open(xml_path, "rb") as f:
+            return ET.fromstring(f.read())
+    except (ET.ParseError, OSError) as e:
+        add(
+            "unreadable annotation XML files",
+            "fix or regenerate the XML file (it must be well-formed VOC XML).",
+            f"'{xml_path}': {e}",
+        )
+        return None
+
+
+def _image_record(image_id: str, tree: ET.Element) -> Dict[str, Any]:
+    image: Dict[str, Any] = {
+        "id": image_id,
+        "file_name": os.path.join("JPEGImages", f"{image_id}.jpg"),
+    }
+    for key in ("width", "height"):
+        value = _number(_text(tree, f"size/{key}"))
+        # A missing or zero size (common in converted sets) is read from the file.
+        image[key] = value if value and value > 0 else None
+    return image
+
+
+def _objects(image_id: str, xml_path: str, tree: ET.Element, add: _Add) -> List[_Object]:
+    """The ``<object>`` entries of one file with a ``<name>``, as annotations in pixels."""
+    out: List[_Object] = []
+    for k, obj in enumerate(tree.findall("object")):
+        cls_name = _text(obj, "name")
+        if not cls_name:
+            add(
+                "objects without a <name>",
+                "give every <object> a <name> with its class.",
+                f"'{xml_path}' object {k + 1}",
+            )
+            continue
+        ann = {
+            "id": f"{image_id}.xml object {k + 1}",
+            "image_id": image_id,
+            "bbox": _bbox(obj),
+            "iscrowd": 0,
+        }
+        if _text(obj, "difficult") == "1":
+            ann["difficult"] = 1
+        out.append((ann, cls_name))
+    return out
+
+
+def _bbox(obj: ET.Element) -> Any:
+    """``[x, y, w, h]`` of an object's ``<bndbox>``, or its texts when one is no number.
+
+    The texts (None where a tag is missing) fail the shared box check, which reports them.
+    """
+    corners = ("xmin", "ymin", "xmax", "ymax")
+    box = [_number(_text(obj, f"bndbox/{t}")) for t in corners]
+    if any(v is None for v in box):
+        return [_text(obj, f"bndbox/{t}") for t in corners]
+    xmin, ymin, xmax, ymax = cast(List[float], box)
+    return [xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0]
+
+
+def _class_names(
+    name: str, names: Optional[List[str]], objects: List[_Object], split_file: str
+) -> List[str]:
+    """``NAMES``, or the sorted class names of the objects when it is not given (logged)."""
+    if names is not None:
+        return names
+    found = sorted({cls_name for _, cls_name in objects})
+    if not found:
+        raise DatasetValidationError(
+            f"{header(name)}: no <object> with a <name> in the XML files of split "
+            f"'{split_file}', so the classes are unknown. Set "
+            f"DATASETS.CUSTOM.{name}.NAMES: [...] or annotate the images."
+        )
+    logger.info(
+        f"Dataset '{name}': no NAMES given; the {len(found)} classes found in its XML "
+        f"files, sorted: {', '.join(found)}"
+    )
+    return found
+
+
+def _with_categories(
+    name: str, objects: List[_Object], category: Dict[str, int], add: _Add
+) -> List[Dict[str, Any]]:
+    """The annotations with their ``category_id``; objects of other classes are dropped."""
+    annotations = []
+    for ann, cls_name in objects:
+        if cls_name not in category:
+            add(
+                "objects whose class is not in NAMES",
+                f"add the class to DATASETS.CUSTOM.{name}.NAMES or fix the <name>.",
+                f"{ann['id']}: '{cls_name}'",
+            )
+            continue
+        ann["category_id"] = category[cls_name]
+        annotations.append(ann)
+    return annotations
