@@ -8,25 +8,26 @@ Datasets used by ``DATASETS.TRAIN``/``TEST`` are checked (``DATASETS.VALIDATION`
 every problem of every dataset collected into one :class:`ValidationReport`: a table in
 the log and ``dataset_report.json`` in ``OUTPUT_DIR``. Declared datasets that no split of
 the run uses (e.g. inherited from a base config) are registered without reading anything;
-they are checked, with the configured fixes, when first loaded.
+they are checked, with the configured fixes, when first loaded. The catalog entries
+themselves are :mod:`.catalog`'s.
 """
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
 from ..checks import check_cross_dataset, check_dataset_names, check_num_classes
 from ..errors import DatasetConfigError, DatasetValidationError
-from ..formats import DatasetFormat, get_dataset_format
+from ..formats import get_dataset_format
 from ..options import CheckOptions, check_options, validation_mode
-from ..report import ERROR, WARNING, ValidationReport
+from ..report import ERROR, ValidationReport
 from .cache import default_cache_dir
-from .dataset_dicts import to_dataset_dicts
-from .scan import ScannedDataset, category_table, load_dataset_dicts, scan_dataset
+from .catalog import Planned, already_registered, register_all
+from .scan import ScannedDataset, scan_dataset
 
 __all__ = [
     "REPORT_FILE",
@@ -37,13 +38,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Metadata key recording the normalized spec a dataset was registered with; it is what makes
-# a repeated registration recognisable as the same one (a no-op) rather than a conflict.
-SPEC_METADATA_KEY = "custom_dataset_spec"
 #: File name of the JSON report in OUTPUT_DIR.
 REPORT_FILE = "dataset_report.json"
-
-Planned = Tuple[str, Any, Dict[str, Any]]
 
 
 def _custom_entries(cfg: CfgNode) -> List[Tuple[str, Any]]:
@@ -69,87 +65,6 @@ def _normalize_all(cfg: CfgNode) -> List[Planned]:
     return planned
 
 
-def _describe_existing(name: str) -> str:
-    meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
-    if meta is None:
-        return "registered by code, no metadata"
-    shown = {
-        k: meta.get(k)
-        for k in ("evaluator_type", "json_file", "image_root", "dirname", "split")
-        if meta.get(k, None) is not None
-    }
-    return ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no metadata"
-
-
-def _already_registered(name: str, spec: Dict[str, Any]) -> bool:
-    """True when ``name`` is registered with exactly ``spec``; raise if with anything else."""
-    if name not in DatasetCatalog:
-        if name in MetadataCatalog.list() and MetadataCatalog.get(name).get(SPEC_METADATA_KEY):
-            # Left behind by an earlier registration whose DatasetCatalog entry was removed;
-            # stale json_file/image_root would otherwise clash with the new values.
-            MetadataCatalog.remove(name)
-        return False
-    previous = MetadataCatalog.get(name).get(SPEC_METADATA_KEY)
-    if previous is None:
-        raise DatasetConfigError(
-            f"DATASETS.CUSTOM declares '{name}', but a dataset of that name is already "
-            "registered outside DATASETS.CUSTOM (a detectron2 built-in, or by code).\n"
-            f"  existing: {_describe_existing(name)}\n"
-            f"  declared: {spec}\n"
-            f"Rename the entry, e.g. '{name}_custom'. To use the existing dataset, drop the "
-            "entry and list the name in DATASETS.TRAIN/TEST only."
-        )
-    if previous != spec:
-        changed = sorted(k for k in set(previous) | set(spec) if previous.get(k) != spec.get(k))
-        details = "; ".join(f"{k}: {previous.get(k)!r} -> {spec.get(k)!r}" for k in changed)
-        raise DatasetConfigError(
-            f"Dataset '{name}' is already registered in this process with a different spec "
-            f"({details}).\n  registered: {previous}\n  declared:   {spec}\nGive the new "
-            f"entry another name in DATASETS.CUSTOM, or call DatasetCatalog.remove('{name}') "
-            f"and MetadataCatalog.remove('{name}') first."
-        )
-    return True
-
-
-def _set_metadata(name: str, scanned: ScannedDataset, spec: Optional[Dict[str, Any]]) -> None:
-    meta = MetadataCatalog.get(name)
-    values = {
-        "json_file": scanned.json_file,
-        "image_root": scanned.image_root,
-        "evaluator_type": "coco",
-        "thing_classes": list(scanned.thing_classes),
-        "thing_dataset_id_to_contiguous_id": dict(scanned.id_map),
-    }
-    if spec is not None:
-        values[SPEC_METADATA_KEY] = spec
-    for key, value in values.items():
-        if meta.get(key, None) is not None and meta.get(key) != value:
-            # A reload after the files changed: Metadata refuses to overwrite a value.
-            vars(meta).pop(key)
-    meta.set(**values)
-
-
-def _lazy_loader(
-    name: str, fmt: DatasetFormat, spec: Dict[str, Any], options: CheckOptions, cache_dir: str
-) -> Callable[[], List[Dict[str, Any]]]:
-    """A loader that checks the dataset (applying the fixes) when it is first loaded."""
-
-    def load() -> List[Dict[str, Any]]:
-        report = ValidationReport()
-        scanned, data = scan_dataset(name, fmt, spec, options, report, cache_dir, keep_data=True)
-        if report.has(ERROR) or report.has(WARNING):
-            logger.warning(
-                f"Dataset '{name}' was not validated before this run; loading it applied these "
-                f"fixes:\n{report.table()}"
-            )
-        _set_metadata(name, scanned, None)
-        if data is None:
-            return load_dataset_dicts(scanned)
-        return to_dataset_dicts(data, scanned.image_root, scanned.id_map)
-
-    return load
-
-
 def _names_in(cfg: CfgNode, key: str) -> List[str]:
     value = cfg.DATASETS.get(key, ())
     if isinstance(value, (list, tuple)):
@@ -173,6 +88,70 @@ def _emit(cfg: CfgNode, report: ValidationReport, mode: str) -> Optional[str]:
         logger.warning(f"Could not write the dataset report to '{path}': {e.strerror}")
         return None
     return path
+
+
+def _validate(
+    cfg: CfgNode,
+    todo: List[Planned],
+    mode: str,
+    options: CheckOptions,
+    cache_dir: str,
+    report: ValidationReport,
+    raise_on_errors: bool,
+) -> Dict[str, ScannedDataset]:
+    """Check the datasets of ``todo`` that the run uses, and the checks across datasets.
+
+    Returns:
+        The checked datasets by name.
+
+    Raises:
+        DatasetValidationError: ``raise_on_errors`` and the report has errors that stop the
+            run (any error under ``error``, one that no fix resolves under ``warn``).
+    """
+    used = set(_names_in(cfg, "TRAIN")) | set(_names_in(cfg, "TEST"))
+    scanned: Dict[str, ScannedDataset] = {}
+    for name, fmt, spec in todo:
+        if name in used:
+            scanned[name] = scan_dataset(name, fmt, spec, options, report, cache_dir)[0]
+    if not scanned:
+        return scanned
+    check_cross_dataset(cfg, _known_classes(scanned, used), report.summaries, report)
+    path = _emit(cfg, report, mode)
+    if raise_on_errors:
+        _raise_for_errors(report, mode, path)
+    return scanned
+
+
+def _known_classes(scanned: Dict[str, ScannedDataset], used: Set[str]) -> Dict[str, List[str]]:
+    """``thing_classes`` of the checked datasets and of the used ones registered before."""
+    classes = {n: s.thing_classes for n, s in scanned.items()}
+    for name in used - set(classes):
+        known = (
+            MetadataCatalog.get(name).get("thing_classes", None)
+            if (name in MetadataCatalog.list())
+            else None
+        )
+        if known is not None:
+            classes[name] = list(known)
+    return classes
+
+
+def _raise_for_errors(report: ValidationReport, mode: str, path: Optional[str]) -> None:
+    """Raise when the report's errors stop the run; nothing is registered then."""
+    where = f" The full report is in '{path}'." if path else ""
+    if mode == "error" and report.has(ERROR):
+        raise DatasetValidationError(
+            "Dataset validation found problems (DATASETS.VALIDATION error); nothing "
+            f"was registered.{where} Fix them, or set DATASETS.VALIDATION warn to apply "
+            f"the listed actions and train anyway:\n{report.describe(ERROR)}"
+        )
+    unfixable = [p for p in report.problems(severity=ERROR) if p.action == "none"]
+    if unfixable:
+        raise DatasetValidationError(
+            "Dataset validation found problems that no configured fix resolves, so "
+            f"training cannot start; nothing was registered.{where}\n"
+            + "\n".join(p.describe() for p in unfixable)
+        )
 
 
 def register_and_report(
@@ -205,75 +184,12 @@ def register_and_report(
     options = check_options(cfg, mode)
     cache_dir = default_cache_dir(cfg.DATASETS.get("CACHE_DIR", ""))
     # Name conflicts are cheap to find, so they are reported before any file is read.
-    todo = [(n, f, s) for n, f, s in planned if not _already_registered(n, s)]
-    used = set(_names_in(cfg, "TRAIN")) | set(_names_in(cfg, "TEST"))
+    todo = [(n, f, s) for n, f, s in planned if not already_registered(n, s)]
     report = ValidationReport()
     scanned: Dict[str, ScannedDataset] = {}
     if mode != "off":
-        for name, fmt, spec in todo:
-            if name in used:
-                scanned[name] = scan_dataset(name, fmt, spec, options, report, cache_dir)[0]
-        if scanned:
-            classes = {n: s.thing_classes for n, s in scanned.items()}
-            for name in used - set(classes):
-                known = (
-                    MetadataCatalog.get(name).get("thing_classes", None)
-                    if (name in MetadataCatalog.list())
-                    else None
-                )
-                if known is not None:
-                    classes[name] = list(known)
-            check_cross_dataset(cfg, classes, report.summaries, report)
-            path = _emit(cfg, report, mode)
-            where = f" The full report is in '{path}'." if path else ""
-            if raise_on_errors and mode == "error" and report.has(ERROR):
-                raise DatasetValidationError(
-                    "Dataset validation found problems (DATASETS.VALIDATION error); nothing "
-                    f"was registered.{where} Fix them, or set DATASETS.VALIDATION warn to apply "
-                    f"the listed actions and train anyway:\n{report.describe(ERROR)}"
-                )
-            unfixable = [p for p in report.problems(severity=ERROR) if p.action == "none"]
-            if raise_on_errors and unfixable:
-                raise DatasetValidationError(
-                    "Dataset validation found problems that no configured fix resolves, so "
-                    f"training cannot start; nothing was registered.{where}\n"
-                    + "\n".join(p.describe() for p in unfixable)
-                )
-
-    started: List[str] = []
-    try:
-        for name, fmt, spec in todo:
-            # Recorded before registering: a failure inside may leave a partial entry.
-            started.append(name)
-            if name in scanned:
-                scan = scanned[name]
-                DatasetCatalog.register(name, lambda scan=scan: load_dataset_dicts(scan))
-                _set_metadata(name, scan, spec)
-                logger.info(f"Category mapping of '{name}':\n{category_table(scan)}")
-            else:
-                DatasetCatalog.register(name, _lazy_loader(name, fmt, spec, options, cache_dir))
-                meta = {"evaluator_type": "coco", SPEC_METADATA_KEY: spec}
-                if not fmt.WRITES_JSON:
-                    # Lets tools read the classes without loading; replaced by a repaired copy
-                    # if loading has to change records.
-                    meta.update(json_file=spec["ANN_FILE"], image_root=spec["IMAGE_ROOT"])
-                MetadataCatalog.get(name).set(**meta)
-    except Exception:
-        # Roll back, so one failing registration leaves no half-registered set behind.
-        for name in started:
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-        raise
-    if todo:
-        lazy = [n for n, _, _ in todo if n not in scanned]
-        logger.info(
-            f"Registered datasets from DATASETS.CUSTOM: {', '.join(n for n, _, _ in todo)}"
-            + (
-                f" ({', '.join(lazy)} without validation: checked when first loaded)"
-                if lazy
-                else ""
-            )
-        )
+        scanned = _validate(cfg, todo, mode, options, cache_dir, report, raise_on_errors)
+    register_all(todo, scanned, options, cache_dir)
     return [name for name, _, _ in planned], report, scanned
 
 
