@@ -179,10 +179,21 @@ class DatasetFormat:
         raise NotImplementedError
 
 
-def check_names(name: str, names: Any) -> Optional[List[str]]:
-    """Check a ``NAMES`` value: a list of unique, non-empty strings (or absent)."""
-    if names is None:
-        return None
+def check_names(name: str, names: Any) -> List[str]:
+    """Check a ``NAMES`` value: a list of unique, non-empty strings.
+
+    Shared by the formats whose classes can be listed in the config (``voc``, ``yolo``).
+
+    Args:
+        name: the dataset name.
+        names: the value of ``NAMES`` (or of a data.yaml's ``names``).
+
+    Returns:
+        The names, as a list of strings.
+
+    Raises:
+        DatasetConfigError: not a non-empty list of unique, non-empty strings.
+    """
     where = f"DATASETS.CUSTOM.{name}.NAMES"
     if not isinstance(names, (list, tuple)) or not names:
         raise DatasetConfigError(

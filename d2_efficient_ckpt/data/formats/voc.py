@@ -66,9 +66,8 @@ class VOC(DatasetFormat):
                 f"DATASETS.CUSTOM.{name}.SPLIT must be the name of a file in "
                 f"ImageSets/Main/, e.g. train, got {out['SPLIT']!r}."
             )
-        names = check_names(name, out.get("NAMES"))
-        if names is not None:
-            out["NAMES"] = names
+        if out.get("NAMES") is not None:
+            out["NAMES"] = check_names(name, out["NAMES"])
         return out
 
     @classmethod
