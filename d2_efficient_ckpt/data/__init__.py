@@ -5,6 +5,11 @@ in :data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
 
     from d2_efficient_ckpt.data import prepare_datasets
     prepare_datasets(cfg)  # register, validate, check DATASETS.TRAIN/TEST and NUM_CLASSES
+
+Three rooms: :mod:`.formats` (the format plug-ins and their registry), :mod:`.checks` (the
+record, image and cross-dataset checks) and :mod:`.registration` (the pipeline from the
+config to detectron2's catalogs), over the shared errors, report, options, image headers
+and worker processes at this level.
 """
 
 from .checks import check_dataset_names, check_num_classes

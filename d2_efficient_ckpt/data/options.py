@@ -17,7 +17,7 @@ _MODES = ("error", "warn", "off")
 
 @dataclass(frozen=True)
 class CheckOptions:
-    """How records are checked and repaired; built from the config by the registrar."""
+    """How records are checked and repaired; built from the config by :func:`check_options`."""
 
     #: Read every image header to check its size (False: only images without a size).
     check_sizes: bool = True
