@@ -10,13 +10,13 @@ import torch
 
 from d2_efficient_ckpt.cli import inspect_cmd, main
 from d2_efficient_ckpt.config_utils import ConfigKeyError, load_config
-from d2_efficient_ckpt.data import generate_toy_dataset
 from d2_efficient_ckpt.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL_ERROR,
     USER_ERRORS,
     exit_on_user_error,
 )
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.conftest import REPO, tiny_frcnn_cfg
 
 

@@ -101,3 +101,38 @@ def test_checkpoint_top_level_holds_only_the_listed_files():
     top = os.path.join(REPO, PKG, "checkpoint")
     files = sorted(f for f in os.listdir(top) if f.endswith(".py"))
     assert files == ["__init__.py", "build.py", "checkpointer.py", "errors.py", "options.py"]
+
+
+# Parts of data/, lowest layer first. A module may import its own part and the layers below
+# it, never a layer above nor another part of its own layer: the format plug-ins and the
+# checks know nothing of each other or of the registration pipeline.
+DATA_LAYERS = [
+    ["errors", "parallel", "report"],
+    ["image_headers", "options"],
+    ["checks", "formats"],
+    ["registration"],
+]
+# Parts of the package that the dataset layer never imports.
+NOT_IMPORTED_BY_DATA = ["checkpoint", "cli", "engine", "toy"]
+
+
+def test_data_rooms_point_down():
+    data = PKG + ".data"
+    layer = {part: k for k, parts in enumerate(DATA_LAYERS) for part in parts}
+
+    def part(module):  # the part of data/ a module is in; None for data/__init__.py
+        return module[len(data) + 1 :].split(".")[0] if module != data else None
+
+    graph = {n: deps for n, deps in _graph().items() if n == data or n.startswith(data + ".")}
+    unplaced = sorted({part(n) for n in graph} - set(layer) - {None})
+    assert not unplaced, f"parts of data/ in no layer of DATA_LAYERS: {unplaced}"
+    bad = []
+    for name, deps in graph.items():
+        for dep in sorted(deps):
+            if dep.split(".")[1:2] and dep.split(".")[1] in NOT_IMPORTED_BY_DATA:
+                bad.append(f"{name} imports {dep}")
+            elif dep.startswith(data + ".") and part(name) is not None:
+                own, other = part(name), part(dep)
+                if other != own and layer[other] >= layer[own]:
+                    bad.append(f"{name} imports {dep}")
+    assert not bad, "imports that point up or across data/:\n" + "\n".join(sorted(bad))

@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import check_dataset_names, register_and_report
-from d2_efficient_ckpt.data.registrar import REPORT_FILE
+from d2_efficient_ckpt.data.registration import REPORT_FILE
 from d2_efficient_ckpt.errors import report_exception
 
 EXIT_CLEAN = 0

@@ -13,8 +13,8 @@ import argparse
 import sys
 import time
 
-from d2_efficient_ckpt.data.toy import FORMATS, TOY_CATEGORIES, generate_toy_dataset
 from d2_efficient_ckpt.errors import EXIT_BAD_INPUT, print_error
+from d2_efficient_ckpt.toy import FORMATS, TOY_CATEGORIES, generate_toy_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 from ..checkpoint.explain.base import dataset_classes
 from ..config import add_efficient_ckpt_config
 from ..config_utils import merge_cfg_safely
-from ..data.registrar import register_datasets_from_cfg
+from ..data.registration import register_datasets_from_cfg
 from .common import CliError
 
 logger = logging.getLogger(__name__)

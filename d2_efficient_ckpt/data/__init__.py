@@ -5,10 +5,14 @@ in :data:`DATASET_FORMAT_REGISTRY`. Typical use, in every training process::
 
     from d2_efficient_ckpt.data import prepare_datasets
     prepare_datasets(cfg)  # register, validate, check DATASETS.TRAIN/TEST and NUM_CLASSES
+
+Three rooms: :mod:`.formats` (the format plug-ins and their registry), :mod:`.checks` (the
+record, image and cross-dataset checks) and :mod:`.registration` (the pipeline from the
+config to detectron2's catalogs), over the shared errors, report, options, image headers
+and worker processes at this level.
 """
 
-from . import voc as _voc  # noqa: F401  (registers FORMAT: voc)
-from . import yolo as _yolo  # noqa: F401  (registers FORMAT: yolo)
+from .checks import check_dataset_names, check_num_classes
 from .errors import DatasetConfigError, DatasetValidationError
 from .formats import (
     COCO,
@@ -18,36 +22,25 @@ from .formats import (
     available_formats,
     get_dataset_format,
 )
-from .registrar import (
-    prepare_datasets,
-    register_and_report,
-    register_datasets_from_cfg,
-    validation_mode,
-)
+from .options import validation_mode
+from .registration import prepare_datasets, register_and_report, register_datasets_from_cfg
 from .report import Problem, ValidationReport
-from .toy import TOY_CATEGORIES, ToyDataset, ToySplit, generate_toy_dataset, render_toy_image
-from .validation import check_dataset_names, check_num_classes
 
 __all__ = [
     "COCO",
     "DATASET_FORMAT_REGISTRY",
-    "TOY_CATEGORIES",
     "DatasetConfigError",
     "DatasetFormat",
     "DatasetValidationError",
     "Problem",
     "RawDataset",
-    "ToyDataset",
-    "ToySplit",
     "ValidationReport",
     "available_formats",
     "check_dataset_names",
     "check_num_classes",
-    "generate_toy_dataset",
     "get_dataset_format",
     "prepare_datasets",
     "register_and_report",
     "register_datasets_from_cfg",
-    "render_toy_image",
     "validation_mode",
 ]

@@ -9,17 +9,13 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
-from d2_efficient_ckpt.data import generate_toy_dataset
-
-TOY_SIZE = 64
+from tests.helpers.toy import make_small_toy
 
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
     """A 6 + 3 image toy dataset, generated once; tests must not modify it."""
-    out = tmp_path_factory.mktemp("toy")
-    generate_toy_dataset(str(out), num_train=6, num_val=3, size=TOY_SIZE, seed=0)
-    return out
+    return make_small_toy(tmp_path_factory.mktemp("toy"))
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from d2_efficient_ckpt.data import (
     DatasetValidationError,
     register_and_report,
 )
+from tests.helpers.toy import toy_spec
 
-NAMES = ["square", "circle", "triangle"]
 FORMATS = ["coco", "voc", "yolo"]
 
 
@@ -36,18 +36,6 @@ def deadline(seconds=30):
         signal.signal(signal.SIGALRM, old)
 
 
-def spec(fmt, root):
-    if fmt == "coco":
-        return {
-            "FORMAT": "coco",
-            "ANN_FILE": str(root / "annotations" / "train.json"),
-            "IMAGE_ROOT": str(root / "images" / "train"),
-        }
-    if fmt == "voc":
-        return {"FORMAT": "voc", "ROOT": str(root / "voc"), "SPLIT": "train", "NAMES": NAMES}
-    return {"FORMAT": "yolo", "IMAGE_ROOT": str(root / "yolo" / "images" / "train"), "NAMES": NAMES}
-
-
 def first_image(fmt, root):
     return {
         "coco": root / "images" / "train" / "000001.jpg",
@@ -62,7 +50,7 @@ def run(cfg, toy_copy, dataset_name, declare):
 
     def go(fmt, mode="error", split="TRAIN", **changes):
         name = dataset_name(fmt)
-        declare(cfg, name, {**spec(fmt, toy_copy), **changes}, split=split)
+        declare(cfg, name, {**toy_spec(fmt, toy_copy), **changes}, split=split)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
         cfg.DATASETS.VALIDATION = mode
         with deadline():

@@ -17,10 +17,10 @@ from detectron2.data.build import get_detection_dataset_dicts
 from pycocotools.coco import COCO
 
 from d2_efficient_ckpt.data import DatasetConfigError, DatasetValidationError, register_and_report
+from tests.helpers.toy import TOY_NAMES, toy_spec
 
 # Per format, about 0.1 s each; raise it (D2EC_FUZZ_ROUNDS) for a longer search.
 ROUNDS = int(os.environ.get("D2EC_FUZZ_ROUNDS", "25"))
-NAMES = ["square", "circle", "triangle"]
 ODD_VALUES = [
     None, True, False, 0, -1, 1, 2.5, 1e308, -1e308, "", "x", "1", [], {}, [1, 2, 3],
     [0, 0, 5, 5], [[1, 2, 3, 4, 5, 6]], {"counts": "x"}, [[[[[]]]]], "000002.jpg",
@@ -102,18 +102,6 @@ def mutate(rng, fmt, root):
         path.write_text(mutate_text(rng, path.read_text()))
 
 
-def spec(fmt, root):
-    if fmt == "coco":
-        return {
-            "FORMAT": "coco",
-            "ANN_FILE": str(root / "annotations" / "train.json"),
-            "IMAGE_ROOT": str(root / "images" / "train"),
-        }
-    if fmt == "voc":
-        return {"FORMAT": "voc", "ROOT": str(root / "voc"), "SPLIT": "train", "NAMES": NAMES}
-    return {"FORMAT": "yolo", "IMAGE_ROOT": str(root / "yolo" / "images" / "train"), "NAMES": NAMES}
-
-
 def _alarm(*_):
     raise AssertionError("a round took more than 20 s: something blocked")
 
@@ -134,7 +122,7 @@ def test_mutated_datasets_fail_clearly_or_load(fmt, toy_root, tmp_path, cfg, dat
             mutate(rng, fmt, root)
             run_cfg = cfg.clone()
             name = dataset_name(fmt)
-            run_cfg.DATASETS.CUSTOM[name] = type(cfg)(spec(fmt, root))
+            run_cfg.DATASETS.CUSTOM[name] = type(cfg)(toy_spec(fmt, root))
             run_cfg.DATASETS.TRAIN = (name,)
             run_cfg.DATASETS.VALIDATION = rng.choice(["error", "warn"])
             signal.alarm(20)
@@ -157,7 +145,7 @@ def test_mutated_datasets_fail_clearly_or_load(fmt, toy_root, tmp_path, cfg, dat
                 assert bool(((classes >= 0) & (classes < 3)).all())
             signal.alarm(0)
             meta = MetadataCatalog.get(name)
-            assert meta.thing_classes == NAMES or fmt == "coco"
+            assert meta.thing_classes == TOY_NAMES or fmt == "coco"
             with contextlib.redirect_stdout(io.StringIO()):
                 coco = COCO(meta.json_file)  # what COCOEvaluator reads
             assert sorted(coco.getCatIds()) == sorted(meta.thing_dataset_id_to_contiguous_id)

@@ -14,7 +14,7 @@ from d2_efficient_ckpt.data import (
     register_and_report,
     register_datasets_from_cfg,
 )
-from d2_efficient_ckpt.data import images as images_module
+from d2_efficient_ckpt.data import image_headers as images_module
 
 
 def _break(toy_copy, edit_json):

@@ -15,11 +15,12 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 
-from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
+from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.engine.loader import ResumableTrainLoader, make_resumable
 from d2_efficient_ckpt.engine.rng import capture_rng_state, restore_rng_state
 from d2_efficient_ckpt.engine.sampling import resume_position
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.conftest import train_on_toy
 
 N = 4

@@ -8,8 +8,9 @@ import torch
 from detectron2.engine import hooks
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
+from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.conftest import train_on_toy
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.save import CheckpointSaveError, check_full
-from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
+from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.engine.save_hooks import PREEMPTED_EXIT_CODE
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.checkpoint.save.test_async import FullDisk
 from tests.conftest import REPO, train_on_toy
 

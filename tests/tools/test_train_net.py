@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
-from d2_efficient_ckpt.data import generate_toy_dataset
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.conftest import REPO, tiny_frcnn_cfg
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")

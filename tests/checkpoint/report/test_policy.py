@@ -116,8 +116,9 @@ def test_every_rank_stops(saved, fresh, monkeypatch):
 
 
 def test_trainer_stops_before_the_first_iteration(saved, tiny_cfg, tmp_path):
-    from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
+    from d2_efficient_ckpt.data import prepare_datasets
     from d2_efficient_ckpt.engine import Trainer
+    from d2_efficient_ckpt.toy import generate_toy_dataset
 
     path, _, _ = saved
     toy = tmp_path / "toy"

@@ -11,8 +11,9 @@ import pytest
 from d2_efficient_ckpt.checkpoint.io import open_checkpoint
 from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT, TrainingModelView
 from d2_efficient_ckpt.checkpoint.save import check_full
-from d2_efficient_ckpt.data import generate_toy_dataset, prepare_datasets
+from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
+from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.checkpoint.conftest import assert_same_state
 from tests.conftest import REPO, train_on_toy
 

@@ -2,7 +2,7 @@
 of train and test datasets, ``MODEL.ROI_HEADS.NUM_CLASSES``, and a training set with nothing
 to train on.
 
-Per-record checks live in :mod:`.checks`; these need several datasets or the config.
+Per-record checks live in :mod:`.records`; these need several datasets or the config.
 """
 
 import difflib
@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Sequence
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .errors import DatasetConfigError
-from .report import ERROR, ValidationReport
+from ..errors import DatasetConfigError
+from ..report import ERROR, ValidationReport
 
 __all__ = ["check_cross_dataset", "check_dataset_names", "check_num_classes", "short_names"]
 

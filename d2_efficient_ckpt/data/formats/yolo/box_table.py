@@ -12,7 +12,7 @@ annotation dicts for whoever iterates it, and writes itself as COCO json in chun
 """
 
 import json
-from typing import Any, Dict, Iterator, List, Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import orjson
@@ -183,7 +183,9 @@ class CheckedBoxes:
         """Replace the image ids (e.g. file names) by ``new_ids[old id]``."""
         self.image_ids = [new_ids.get(i) for i in self.image_ids]
 
-    def _rows(self, start: int, stop: int, ids: Sequence[Any]) -> Iterator[tuple]:
+    def _rows(
+        self, start: int, stop: int, ids: Sequence[Any]
+    ) -> Iterator[Tuple[int, Any, int, List[float], float]]:
         return zip(
             range(start + 1, stop + 1),
             [ids[k] for k in self.image_index[start:stop].tolist()],

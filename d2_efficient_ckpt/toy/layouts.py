@@ -44,6 +44,15 @@ def _voc_xml(file_id: str, size: int, objects: List[Dict[str, Any]]) -> str:
 
 
 def write_voc(out_dir: str, split: str, coco: Dict[str, Any], size: int, image_root: str) -> None:
+    """Write one split under ``out_dir/voc``: an XML file per image, the split file, the images.
+
+    Args:
+        out_dir: the toy dataset's folder.
+        split: ``"train"`` or ``"val"``; VOC ids are ``<split>_<image stem>``.
+        coco: the split's COCO json, as written.
+        size: width and height of every image.
+        image_root: the folder of the split's COCO images, linked into ``JPEGImages/``.
+    """
     root = os.path.join(out_dir, "voc")
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
@@ -68,6 +77,15 @@ def write_voc(out_dir: str, split: str, coco: Dict[str, Any], size: int, image_r
 
 
 def write_yolo(out_dir: str, split: str, coco: Dict[str, Any], size: int, image_root: str) -> None:
+    """Write one split under ``out_dir/yolo``: a label file per image, the images, data.yaml.
+
+    Args:
+        out_dir: the toy dataset's folder.
+        split: ``"train"`` or ``"val"``, the folder under ``images/`` and ``labels/``.
+        coco: the split's COCO json, as written; class ``k`` is category id ``k + 1``.
+        size: width and height of every image (boxes are normalized by it).
+        image_root: the folder of the split's COCO images, linked into ``images/<split>``.
+    """
     root = os.path.join(out_dir, "yolo")
     images, labels = os.path.join(root, "images", split), os.path.join(root, "labels", split)
     os.makedirs(images, exist_ok=True)

@@ -1,32 +1,28 @@
-"""Pluggable on-disk dataset formats that ``DATASETS.CUSTOM`` entries can name.
+"""The format plug-in contract: :class:`DatasetFormat`, its registry and the lookup by name.
 
 A format turns one ``DATASETS.CUSTOM.<name>`` entry into COCO-shaped records in memory;
-checking them, caching a COCO json for the evaluator and registering the dataset are the
-same for every format (:mod:`.scan`, :mod:`.registrar`). New formats are added by
-registering another :class:`DatasetFormat` subclass; ``coco`` lives here, ``voc`` and
-``yolo`` in their own modules.
+checking them (:mod:`d2_efficient_ckpt.data.checks`), caching a COCO json for the evaluator
+and registering the dataset (:mod:`d2_efficient_ckpt.data.registration`) are the same for
+every format. New formats are added by registering another :class:`DatasetFormat`
+subclass; the built-in ones are ``coco``, ``voc`` and ``yolo``, one module each.
 """
 
-import logging
 import os
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Type
 
 from detectron2.utils.registry import Registry
 
-from .errors import DatasetConfigError
-from .report import WARNING, ValidationReport
-from .sources import check_dir, read_coco_json
+from ..errors import DatasetConfigError
+from ..report import ValidationReport
 
 __all__ = [
-    "COCO",
     "DATASET_FORMAT_REGISTRY",
     "DatasetFormat",
     "RawDataset",
     "available_formats",
+    "check_names",
     "get_dataset_format",
 ]
-
-logger = logging.getLogger(__name__)
 
 DATASET_FORMAT_REGISTRY = Registry("DATASET_FORMAT")
 DATASET_FORMAT_REGISTRY.__doc__ = """
@@ -183,39 +179,37 @@ class DatasetFormat:
         raise NotImplementedError
 
 
-@DATASET_FORMAT_REGISTRY.register()
-class COCO(DatasetFormat):
-    """COCO instances json (``images``, ``annotations``, ``categories``) plus an image folder.
+def check_names(name: str, names: Any) -> List[str]:
+    """Check a ``NAMES`` value: a list of unique, non-empty strings.
 
-    Keys: ``ANN_FILE`` (the json) and ``IMAGE_ROOT`` (the folder that ``file_name`` of each
-    image is relative to). Category ids may be any integers; they map to contiguous ids in
-    id order, as in detectron2's ``load_coco_json``. ``COCOEvaluator`` reads ``ANN_FILE``
-    itself unless a record had to be repaired; then it reads a repaired copy in the cache.
+    Shared by the formats whose classes can be listed in the config (``voc``, ``yolo``).
+
+    Args:
+        name: the dataset name.
+        names: the value of ``NAMES`` (or of a data.yaml's ``names``).
+
+    Returns:
+        The names, as a list of strings.
+
+    Raises:
+        DatasetConfigError: not a non-empty list of unique, non-empty strings.
     """
-
-    WRITES_JSON = False
-
-    @classmethod
-    def read(
-        cls, name: str, spec: Dict[str, Any], report: ValidationReport, workers: int = 0
-    ) -> RawDataset:
-        """See :meth:`DatasetFormat.read`."""
-        ann_file, image_root = spec["ANN_FILE"], spec["IMAGE_ROOT"]
-        data, note = read_coco_json(name, ann_file)
-        check_dir(name, "IMAGE_ROOT", image_root, "the folder that file_name is relative to")
-        if note:
-            # pycocotools opens json files as UTF-8 text and fails on anything else.
-            report.add(
-                name,
-                WARNING,
-                f"annotation files in {note}",
-                "re-save the file as UTF-8 without a byte-order mark.",
-                record=ann_file,
-                action="UTF-8 copy used for evaluation",
-                source=ann_file,
-            )
-            data["changed"] = True
-        return RawDataset(data, image_root, ann_file, json_file=ann_file)
+    where = f"DATASETS.CUSTOM.{name}.NAMES"
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DatasetConfigError(
+            f"{where} must be a non-empty list of class names, got {names!r}. Write it like "
+            f"{where}: [cat, dog]."
+        )
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise DatasetConfigError(f"{where} holds non-names {bad!r}; every entry must be text.")
+    dups = sorted({n for n in names if list(names).count(n) > 1})
+    if dups:
+        raise DatasetConfigError(
+            f"{where} lists {dups} more than once; one model class needs one name. Remove the "
+            "repeats."
+        )
+    return [str(n) for n in names]
 
 
 def available_formats() -> List[str]:

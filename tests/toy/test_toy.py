@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from d2_efficient_ckpt.data import generate_toy_dataset, render_toy_image
+from d2_efficient_ckpt.toy import generate_toy_dataset, render_toy_image
 
 TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "make_toy_dataset.py"
 

@@ -19,10 +19,10 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import DatasetValidationError
-from .images import ImageInfo, read_image_info
-from .parallel import map_chunks
-from .sources import read_text
+from ...errors import DatasetValidationError
+from ...image_headers import ImageInfo, read_image_info
+from ...parallel import map_chunks
+from ..files import read_text
 
 __all__ = ["Labels", "label_path", "parse_line", "read_labels"]
 
@@ -38,6 +38,13 @@ _FIVE_FIELD_LINES = re.compile(rf"(?:{_FIELDS5}\r?\n)*(?:{_FIELDS5})?")
 _HUGE = 1e300
 # Byte-order marks (UTF-8/16/32): such files are decoded by read_text.
 _BOM_STARTS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+# (image index, line number or 0, message) of an unusable label file or a malformed line.
+_Problem = Tuple[int, int, str]
+# (image index, line number, class index, cx, cy, w, h) of one box.
+_Row = Tuple[float, ...]
+# What one chunk of images gives: label file names, usable flags, problems, box rows, headers.
+_Chunk = Tuple[List[str], List[bool], List[_Problem], np.ndarray, List[ImageInfo]]
 
 
 class Labels(NamedTuple):
@@ -120,7 +127,10 @@ def read_label(name: str, path: str) -> Tuple[str, str]:
         return "", str(e).split(": ", 1)[-1].split(" Re-save")[0]
 
 
-def _parse_slow(k: int, text: str, num_classes: int, record: str, out: list, problems: list):
+def _parse_slow(
+    k: int, text: str, num_classes: int, record: str, out: List[_Row], problems: List[_Problem]
+) -> None:
+    """Parse one label file line by line: each good line to ``out``, each bad to ``problems``."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -152,7 +162,7 @@ def _parse_chunk(
     items: Sequence[Tuple[int, str]],
     num_classes: int,
     records: Sequence[str],
-    problems: list,
+    problems: List[_Problem],
     start: int,
 ) -> np.ndarray:
     """Rows ``(image index, line, class, cx, cy, w, h)`` of the label texts ``items``.
@@ -205,7 +215,7 @@ def _parse_chunk(
         table, image_index, lineno = table[keep], image_index[keep], lineno[keep]
     rows = np.column_stack([image_index + start, lineno, table])
     if slow:
-        extra: List[tuple] = []
+        extra: List[_Row] = []
         for k, text in sorted(slow, key=lambda item: item[0]):
             _parse_slow(start + k, text, num_classes, records[k], extra, problems)
         if extra:
@@ -215,14 +225,14 @@ def _parse_chunk(
     return rows
 
 
-def _read_chunk(task: Tuple[str, str, str, Sequence[str], int, int]) -> tuple:
+def _read_chunk(task: Tuple[str, str, str, Sequence[str], int, int]) -> _Chunk:
     """Label files and image headers of one chunk of images (runs in a worker process)."""
     name, image_root, label_root, rels, start, num_classes = task
     records = [label_path(label_root, rel)[len(label_root) + 1 :] for rel in rels]
     usable = [True] * len(rels)
-    problems: List[Tuple[int, int, str]] = []
-    items = []
-    infos = []
+    problems: List[_Problem] = []
+    items: List[Tuple[int, str]] = []
+    infos: List[ImageInfo] = []
     for k, (rel, record) in enumerate(zip(rels, records)):
         text, why = read_label(name, f"{label_root}{os.sep}{record}")
         if why:

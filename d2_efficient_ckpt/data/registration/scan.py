@@ -16,12 +16,13 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 from tabulate import tabulate
 
+from ..checks import check_records
+from ..errors import DatasetConfigError
+from ..formats import DatasetFormat
+from ..options import CheckOptions
+from ..report import Problem, ValidationReport
 from .cache import CACHE_VERSION, entry_paths, read_entry, source_key, write_json
-from .checks import CheckOptions, check_records
-from .errors import DatasetConfigError
-from .formats import DatasetFormat
-from .records import to_dataset_dicts
-from .report import Problem, ValidationReport
+from .dataset_dicts import to_dataset_dicts
 
 __all__ = ["ScannedDataset", "category_table", "load_dataset_dicts", "scan_dataset"]
 

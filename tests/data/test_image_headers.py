@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image, ImageOps
 
-from d2_efficient_ckpt.data.images import read_image_info
+from d2_efficient_ckpt.data.image_headers import read_image_info
 
 
 def _save(path, fmt, size, orientation=None, **kwargs):

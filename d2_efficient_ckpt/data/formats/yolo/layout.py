@@ -17,13 +17,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ...errors import DatasetConfigError, DatasetValidationError
+from ...report import ERROR, WARNING, ValidationReport
+from ..base import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset, check_names
+from ..files import check_dir, check_file, header, read_text
 from .box_table import BoxTable
-from .errors import DatasetConfigError, DatasetValidationError
-from .formats import DATASET_FORMAT_REGISTRY, DatasetFormat, RawDataset
-from .report import ERROR, WARNING, ValidationReport
-from .sources import check_dir, check_file, header, read_text
-from .voc import check_names
-from .yolo_labels import label_path, read_labels
+from .labels import label_path, read_labels
 
 __all__ = ["YOLO", "default_label_root"]
 
@@ -59,41 +58,14 @@ def _names_from_yaml(name: str, path: str, names: Any) -> List[str]:
 
 
 def _resolve(name: str, spec: Mapping[str, Any]) -> Tuple[str, str, List[str]]:
-    """IMAGE_ROOT, LABEL_ROOT and class names, reading DATA_YAML when it is given."""
-    image_root = spec.get("IMAGE_ROOT")
-    names = spec.get("NAMES")
+    """IMAGE_ROOT, LABEL_ROOT and class names, reading DATA_YAML when it is given.
+
+    ``spec`` is normalized: it holds NAMES and IMAGE_ROOT, or DATA_YAML and SPLIT.
+    """
     if spec.get("DATA_YAML"):
-        path = spec["DATA_YAML"]
-        check_file(name, "DATA_YAML", path, "an Ultralytics data.yaml")
-        text, _ = read_text(name, "DATA_YAML", path)
-        try:
-            cfg = yaml.safe_load(text)
-        except RecursionError:
-            raise DatasetValidationError(
-                f"{header(name)}: DATA_YAML '{path}' is nested too deeply to be a data.yaml. "
-                "Fix the file: it needs only 'path', the split folders and 'names'."
-            ) from None
-        except yaml.YAMLError as e:
-            raise DatasetValidationError(
-                f"{header(name)}: DATA_YAML '{path}' is not valid YAML ({e}). Fix the file."
-            ) from None
-        if not isinstance(cfg, dict):
-            raise DatasetValidationError(
-                f"{header(name)}: DATA_YAML '{path}' is not a mapping with 'names' and the "
-                "split folders. Point DATA_YAML at an Ultralytics data.yaml."
-            )
-        names = _names_from_yaml(name, path, cfg.get("names"))
-        if not image_root:
-            split = spec["SPLIT"]
-            entry = cfg.get(split)
-            if not isinstance(entry, str) or entry.endswith(".txt"):
-                raise DatasetConfigError(
-                    f"DATASETS.CUSTOM.{name}: DATA_YAML '{path}' gives {split}: {entry!r}; only "
-                    "a folder of images is supported. Set DATASETS.CUSTOM."
-                    f"{name}.IMAGE_ROOT to the images' folder."
-                )
-            base = os.path.join(os.path.dirname(path), str(cfg.get("path") or ""))
-            image_root = os.path.abspath(os.path.join(base, entry))
+        image_root, names = _from_data_yaml(name, spec)
+    else:
+        image_root, names = spec["IMAGE_ROOT"], spec["NAMES"]
     label_root = spec.get("LABEL_ROOT") or default_label_root(image_root)
     if label_root is None:
         raise DatasetConfigError(
@@ -102,6 +74,49 @@ def _resolve(name: str, spec: Mapping[str, Any]) -> Tuple[str, str, List[str]]:
             f"DATASETS.CUSTOM.{name}.LABEL_ROOT to the folder of .txt label files."
         )
     return image_root, label_root, names
+
+
+def _from_data_yaml(name: str, spec: Mapping[str, Any]) -> Tuple[str, List[str]]:
+    """IMAGE_ROOT (the spec's, else the SPLIT folder of DATA_YAML) and DATA_YAML's names."""
+    path = spec["DATA_YAML"]
+    cfg = _read_data_yaml(name, path)
+    names = _names_from_yaml(name, path, cfg.get("names"))
+    image_root = spec.get("IMAGE_ROOT")
+    if image_root:
+        return image_root, names
+    split = spec["SPLIT"]
+    entry = cfg.get(split)
+    if not isinstance(entry, str) or entry.endswith(".txt"):
+        raise DatasetConfigError(
+            f"DATASETS.CUSTOM.{name}: DATA_YAML '{path}' gives {split}: {entry!r}; only "
+            "a folder of images is supported. Set DATASETS.CUSTOM."
+            f"{name}.IMAGE_ROOT to the images' folder."
+        )
+    base = os.path.join(os.path.dirname(path), str(cfg.get("path") or ""))
+    return os.path.abspath(os.path.join(base, entry)), names
+
+
+def _read_data_yaml(name: str, path: str) -> Dict[Any, Any]:
+    """The mapping of an Ultralytics data.yaml."""
+    check_file(name, "DATA_YAML", path, "an Ultralytics data.yaml")
+    text, _ = read_text(name, "DATA_YAML", path)
+    try:
+        cfg = yaml.safe_load(text)
+    except RecursionError:
+        raise DatasetValidationError(
+            f"{header(name)}: DATA_YAML '{path}' is nested too deeply to be a data.yaml. "
+            "Fix the file: it needs only 'path', the split folders and 'names'."
+        ) from None
+    except yaml.YAMLError as e:
+        raise DatasetValidationError(
+            f"{header(name)}: DATA_YAML '{path}' is not valid YAML ({e}). Fix the file."
+        ) from None
+    if not isinstance(cfg, dict):
+        raise DatasetValidationError(
+            f"{header(name)}: DATA_YAML '{path}' is not a mapping with 'names' and the "
+            "split folders. Point DATA_YAML at an Ultralytics data.yaml."
+        )
+    return cfg
 
 
 def _list_images(image_root: str) -> List[str]:

@@ -62,8 +62,8 @@ def write_json(path: str, obj: Any) -> None:
 
     The lists of a top-level dict are encoded in chunks, so a dataset of millions of
     annotations never exists as one string in memory; a value with a ``json_chunks()``
-    method (e.g. :class:`~d2_efficient_ckpt.data.box_table.CheckedBoxes`) is written as
-    the list of the json object texts it yields, comma-separated.
+    method (e.g. :class:`~d2_efficient_ckpt.data.formats.yolo.box_table.CheckedBoxes`) is
+    written as the list of the json object texts it yields, comma-separated.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"

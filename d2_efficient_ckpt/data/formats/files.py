@@ -1,21 +1,19 @@
-"""Reading files that datasets are declared with: paths, JSON annotation files, COCO layout.
+"""Reading the files that datasets are declared with: paths checked, text decoded.
 
-Every failure here is fatal for the dataset (there is nothing to check without the file) and
-raises :class:`DatasetValidationError` naming the dataset, the file and the fix. Nothing is
-opened before ``os.stat`` says it is a regular file: opening a FIFO blocks forever.
+Shared by the format readers. Every failure here is fatal for the dataset (there is nothing
+to check without the file) and raises :class:`DatasetValidationError` naming the dataset,
+the file and the fix. Nothing is opened before ``os.stat`` says it is a regular file:
+opening a FIFO blocks forever.
 """
 
 import codecs
-import json
 import os
 import stat
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
-from .errors import DatasetValidationError
+from ..errors import DatasetValidationError
 
-__all__ = ["check_dir", "check_file", "header", "read_coco_json", "read_text"]
-
-_REQUIRED_TOP_LEVEL = ("images", "annotations", "categories")
+__all__ = ["check_dir", "check_file", "header", "read_text"]
 
 
 def header(name: str) -> str:
@@ -110,69 +108,3 @@ def read_text(name: str, key: str, path: str) -> Tuple[str, str]:
             f"{header(name)}: {key} '{path}' is not UTF-8 text ({e.reason} at byte "
             f"{e.start}). Re-save it as UTF-8, or point {key} at the right file."
         ) from None
-
-
-def read_coco_json(name: str, ann_file: str) -> Tuple[Dict[str, Any], str]:
-    """Read and structurally check a COCO instances file.
-
-    Args:
-        name: the dataset name.
-        ann_file: absolute path of the json.
-
-    Returns:
-        The parsed dict and the encoding note of :func:`read_text`.
-
-    Raises:
-        DatasetValidationError: not a regular file, not text, not JSON, nested too deeply,
-            or not a COCO instances object.
-    """
-    check_file(name, "ANN_FILE", ann_file, "the COCO json")
-    text, note = read_text(name, "ANN_FILE", ann_file)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' is not valid JSON: {e.msg} at line "
-            f"{e.lineno}, column {e.colno}. Fix the file (a truncated download or an "
-            "interrupted write are common causes) or regenerate it."
-        ) from None
-    except RecursionError:
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' is nested too deeply to be a COCO file "
-            "(thousands of nested lists or objects). Regenerate it; a COCO file is only a "
-            "few levels deep."
-        ) from None
-    _check_top_level(name, ann_file, data)
-    return data, note
-
-
-def _check_top_level(name: str, ann_file: str, data: Any) -> None:
-    if isinstance(data, list):
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' holds a JSON list, not a COCO instances "
-            "object; this looks like a detection results file. Point ANN_FILE at the "
-            'ground-truth file with "images", "annotations" and "categories".'
-        )
-    if not isinstance(data, dict):
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' holds a JSON {type(data).__name__}, not a "
-            'COCO instances object with "images", "annotations" and "categories".'
-        )
-    missing = [k for k in _REQUIRED_TOP_LEVEL if k not in data]
-    if missing:
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' lacks the top-level key(s) {missing}. A "
-            'COCO instances file needs "images", "annotations" and "categories" lists; '
-            'add the missing ones (an empty "annotations" list is allowed).'
-        )
-    not_lists = [k for k in _REQUIRED_TOP_LEVEL if not isinstance(data[k], list)]
-    if not_lists:
-        raise DatasetValidationError(
-            f"{header(name)}: in ANN_FILE '{ann_file}', {not_lists} must be JSON lists, got "
-            f"{[type(data[k]).__name__ for k in not_lists]}. Fix the file's structure."
-        )
-    if not data["categories"]:
-        raise DatasetValidationError(
-            f"{header(name)}: ANN_FILE '{ann_file}' has an empty \"categories\" list, so there "
-            'is nothing to detect. Add one {"id": ..., "name": ...} entry per class.'
-        )

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d2_efficient_ckpt.data import box_table as box_table_module
 from d2_efficient_ckpt.data import parallel as parallel_module
-from d2_efficient_ckpt.data import yolo_labels
-from d2_efficient_ckpt.data.box_table import BoxTable
-from d2_efficient_ckpt.data.cache import write_json
-from d2_efficient_ckpt.data.checks import CheckOptions, check_records
-from d2_efficient_ckpt.data.images import read_image_info
+from d2_efficient_ckpt.data.checks import check_records
+from d2_efficient_ckpt.data.formats.files import read_text
+from d2_efficient_ckpt.data.formats.yolo import box_table as box_table_module
+from d2_efficient_ckpt.data.formats.yolo import labels as yolo_labels
+from d2_efficient_ckpt.data.formats.yolo.box_table import BoxTable
+from d2_efficient_ckpt.data.image_headers import read_image_info
+from d2_efficient_ckpt.data.options import CheckOptions
+from d2_efficient_ckpt.data.registration.cache import write_json
 from d2_efficient_ckpt.data.report import ValidationReport
-from d2_efficient_ckpt.data.sources import read_text
 
 NUM_CLASSES = 3
 
