@@ -20,7 +20,7 @@ What counts as a repository path, and how it is checked:
   ``$PWD/docs``, ``/opt/...`` and ``../tools`` are not repository paths. ``{a,b}`` is
   expanded and every expansion checked; a token with ``*``, ``?`` or ``[`` must match at
   least one file.
-* **Python files named relative to a folder** (``save/atomic.py``, ``data/toy.py``): a
+* **Python files named relative to a folder** (``save/write.py``, ``toy/shapes.py``): a
   token of code, as above, that starts with a name (not ``.``, ``/`` or ``$``) other than a
   top-level folder and ends in ``.py``. Some file of the repository must have a path that
   ends with ``/`` and it.
@@ -261,8 +261,8 @@ def test_the_rules_on_examples():
     # Not repository paths: absolute, relative to another folder, variables, generated.
     assert code_paths('-v "$PWD/docs:/opt/docs" ../tools/x.py /tools/y.py output/z') == ([], [])
     assert code_paths("--ckpt=benchmarks/results/r50.pth")[0] == ["benchmarks/results/r50.pth"]
-    assert code_paths("save/atomic.py results/a.json") == ([], ["save/atomic.py"])
-    assert _is_tail("save/atomic.py") and not _is_tail("checkpoint/no_such_module.py")
+    assert code_paths("save/write.py results/a.json") == ([], ["save/write.py"])
+    assert _is_tail("save/write.py") and not _is_tail("checkpoint/no_such_module.py")
     assert _exists("benchmarks/results/r50.pth")  # ignored by .gitignore: generated
     assert not _exists("tools/no_such_tool.py")
     assert link_targets("[a](tutorials/install.md#x) ![b](img.png) [c](https://e.org)") == [
