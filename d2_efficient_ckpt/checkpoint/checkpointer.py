@@ -29,7 +29,6 @@ from .errors import (
     PartialLoadError,
 )
 from .explain.base import explain
-from .io.mapped import FileReader, MappedFile
 from .io.readers import open_checkpoint
 from .io.tensors import as_tensor, dtype_of, shape_of
 from .keys.plan import KeyPlan, architecture_difference, plan_keys
@@ -54,6 +53,7 @@ from .restore.state import materialize, tensors_in
 from .save import check_cheap, describe_skipped, plan_resume
 from .save.atomic import atomic_write_bytes
 from .save.checkpointer_side import SavingMixin
+from .storage.mapped import FileReader, MappedFile
 
 __all__ = ["EfficientDetectionCheckpointer"]
 

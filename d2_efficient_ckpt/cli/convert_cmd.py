@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint.io.mapped import FileReader
 from ..checkpoint.io.readers import OpenedCheckpoint
 from ..checkpoint.io.tensors import as_tensor
 from ..checkpoint.io.training_tree import is_training_metadata
@@ -17,6 +16,7 @@ from ..checkpoint.save.errors import SaveConfigError
 from ..checkpoint.save.safetensors_format import write_training_safetensors
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint
+from ..checkpoint.storage.mapped import FileReader
 from .common import (
     ENTRIES_METADATA_KEY,
     EXIT_OK,

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointFormatError
+from ..storage.mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .allowlist import MAX_DIM, MAX_DIMS, numpy_globals
-from .mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .torch_legacy import load_torch_legacy
 from .torch_zip import load_torch_zip, pickle_error
 from .training_tree import TrainingModelView, is_training_metadata, training_entries

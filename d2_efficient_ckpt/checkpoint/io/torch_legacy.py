@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..errors import CheckpointFormatError
+from ..storage.mapped import FileIdentity, open_exact, read_exact
 from .allowlist import StorageRef, Token
-from .mapped import FileIdentity, open_exact, read_exact
 from .torch_zip import find_global, pickle_error
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 

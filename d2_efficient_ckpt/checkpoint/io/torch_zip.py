@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..errors import CheckpointFormatError, UnsafeCheckpointError
+from ..storage.mapped import FileIdentity, MappedFile, open_exact, read_exact
 from .allowlist import StorageRef, Token, itemsize, numpy_globals, torch_globals
-from .mapped import FileIdentity, MappedFile, open_exact, read_exact
 from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
 
 __all__ = ["load_torch_zip", "find_global", "pickle_error", "corrupt_records"]

@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..errors import CheckpointFormatError
+from ..storage.mapped import FileReader
 from .allowlist import is_safe_key
-from .mapped import FileReader
 from .unpickler import MAX_DEPTH
 
 __all__ = [
