@@ -29,8 +29,8 @@ from .errors import (
     PartialLoadError,
 )
 from .explain.base import explain
-from .io.readers import open_checkpoint
-from .io.tensors import as_tensor, dtype_of, shape_of
+from .formats import open_checkpoint
+from .formats.tensors import as_tensor, dtype_of, shape_of
 from .keys.plan import KeyPlan, architecture_difference, plan_keys
 from .keys.selection import KeySelector
 from .options import LoadOptions

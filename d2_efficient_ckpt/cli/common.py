@@ -12,7 +12,8 @@ from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import torch
 
-from ..checkpoint.io.readers import OpenedCheckpoint, open_checkpoint
+from ..checkpoint.formats import OpenedCheckpoint, open_checkpoint
+from ..checkpoint.formats.registry import model_writer_for
 from ..errors import EXIT_BAD_INPUT
 
 EXIT_OK = 0
@@ -191,15 +192,24 @@ def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: 
     Raises:
         CliError: the file cannot be written (no space, no permission).
     """
-    from ..checkpoint.io.writers import write_safetensors, write_torch
-
+    writer = model_writer_for(kind)
     desc = f"writing {os.path.basename(out)}"
     try:
-        if kind == "safetensors":
-            metadata = {"format": "pt"}
-            if extra:
-                metadata[ENTRIES_METADATA_KEY] = json.dumps(extra)
-            return write_safetensors(out, entries, metadata, progress=progress, desc=desc)
-        return write_torch(out, entries, extra, progress=progress, desc=desc)
+        with _atomic_path(out) as tmp, open(tmp, "wb") as f:
+            writer(entries, f, extra=extra, progress=progress, desc=desc, path=out)
+        return os.path.getsize(out)
     except OSError as e:  # a full disk or a read-only folder is the user's to fix
         raise CliError(f"cannot write {out}: {e.strerror or e}.") from None
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str) -> Iterator[str]:
+    """A temporary path that replaces ``path`` only if the block completes."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

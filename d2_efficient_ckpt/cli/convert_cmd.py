@@ -7,13 +7,15 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint.io.readers import OpenedCheckpoint
-from ..checkpoint.io.tensors import as_tensor
-from ..checkpoint.io.training_tree import is_training_metadata
-from ..checkpoint.io.writers import entries_of
+from ..checkpoint.formats import OpenedCheckpoint
+from ..checkpoint.formats.entries import entries_of
+from ..checkpoint.formats.tensors import as_tensor
+from ..checkpoint.formats.training_safetensors import (
+    is_training_metadata,
+    write_training_safetensors,
+)
 from ..checkpoint.keys.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
 from ..checkpoint.save.errors import SaveConfigError
-from ..checkpoint.save.safetensors_format import write_training_safetensors
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint
 from ..checkpoint.storage.mapped import FileReader

@@ -6,8 +6,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..checkpoint.io.tensors import as_tensor, dtype_of
-from ..checkpoint.io.writers import entries_of
+from ..checkpoint.formats.entries import entries_of
+from ..checkpoint.formats.tensors import as_tensor, dtype_of
 from .common import (
     EXIT_OK,
     add_parser,

@@ -9,15 +9,11 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.io.readers import (
-    OpenedCheckpoint,
-    SafetensorsStateDict,
-    detect_format,
-    open_checkpoint,
-)
-from ..checkpoint.io.torch_zip import corrupt_records
-from ..checkpoint.io.training_tree import is_training_metadata
-from ..checkpoint.io.writers import byte_progress
+from ..checkpoint.formats import OpenedCheckpoint, detect_format, open_checkpoint
+from ..checkpoint.formats.entries import byte_progress
+from ..checkpoint.formats.safetensors import SafetensorsStateDict
+from ..checkpoint.formats.torch_zip import corrupt_records
+from ..checkpoint.formats.training_safetensors import is_training_metadata
 from ..checkpoint.restore.state import tensors_in
 from ..checkpoint.save import IntegrityError, check_full
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, show_progress

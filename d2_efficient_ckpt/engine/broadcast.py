@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
-from ..checkpoint.save.tree_codec import decode, encode
+from ..checkpoint.formats.training_safetensors import decode, encode
 
 __all__ = ["BUCKET_BYTES", "broadcast_tensors", "broadcast_trainer_state", "group_device"]
 

@@ -17,11 +17,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
+from ..formats.training_safetensors import write_training_safetensors
 from .async_writer import AsyncWriter
 from .errors import SaveConfigError
 from .integrity import IntegrityError, read_record
 from .retention import periodic_prefix, plan_deletions
-from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
 from .stale import remove_stale_temp_files
 from .tag import TAG_FILE, read_tag, write_tag

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import write_training_safetensors
 
 from .test_fuzz_loading import _mutate, _training_state
 from .test_security import run_worker

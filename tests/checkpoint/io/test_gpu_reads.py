@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 from d2_efficient_ckpt.checkpoint.storage.mapped import _STAGING
 
 pytestmark = pytest.mark.skipif(

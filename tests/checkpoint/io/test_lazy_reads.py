@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.io.torch_zip import load_torch_zip
+from d2_efficient_ckpt.checkpoint.formats.torch_zip import load_torch_zip
 from d2_efficient_ckpt.checkpoint.storage.page_cache import (
     evict_from_page_cache,
     page_cache_residency,

@@ -22,7 +22,7 @@ from d2_efficient_ckpt.checkpoint.errors import (
     PartialLoadError,
     UnsafeCheckpointError,
 )
-from d2_efficient_ckpt.checkpoint.io.readers import detect_format, open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import detect_format, open_checkpoint
 from tests.conftest import REPO
 
 from . import hostile as h
@@ -140,7 +140,7 @@ _SHRINK = r"""
 import os, sys, torch, torch.nn as nn
 from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 path, mode = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from d2_efficient_ckpt import build_checkpointer
-from d2_efficient_ckpt.checkpoint.io.readers import SafetensorsStateDict
+from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
 from d2_efficient_ckpt.checkpoint.save import check_full, read_record
 from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.save.fallback import CHECKPOINT_SUFFIXES

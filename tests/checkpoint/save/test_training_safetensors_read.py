@@ -11,10 +11,13 @@ import torch.nn as nn
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError
-from d2_efficient_ckpt.checkpoint.io import open_checkpoint
-from d2_efficient_ckpt.checkpoint.io.readers import SafetensorsStateDict
-from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT, TrainingModelView
-from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
+from d2_efficient_ckpt.checkpoint.formats import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import (
+    TRAINING_FORMAT,
+    TrainingModelView,
+    write_training_safetensors,
+)
 from d2_efficient_ckpt.checkpoint.storage.page_cache import (
     evict_from_page_cache,
     page_cache_residency,
