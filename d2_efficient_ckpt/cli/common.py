@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Mapping, Tuple
 import torch
 
 from ..checkpoint.formats import OpenedCheckpoint, open_checkpoint
-from ..checkpoint.formats.registry import model_writer_for
+from ..checkpoint.formats.registry import CHECKPOINT_SUFFIXES, model_writer_for, output_format
 from ..errors import EXIT_BAD_INPUT
 
 EXIT_OK = 0
@@ -177,11 +177,12 @@ def check_output(src: str, out: str, force: bool) -> str:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CliError(f"the output folder {parent} does not exist.")
-    if out.endswith(".safetensors"):
-        return "safetensors"
-    if out.endswith((".pth", ".pt", ".ckpt", ".bin")):
-        return "torch"
-    raise CliError(f"cannot tell the output format of {out}: name it .pth or .safetensors.")
+    kind = output_format(out)
+    if kind is None:
+        raise CliError(
+            f"cannot tell the output format of {out}: name it {' or '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    return kind
 
 
 def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: bool) -> int:

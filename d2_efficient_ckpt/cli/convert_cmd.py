@@ -9,11 +9,9 @@ import torch
 
 from ..checkpoint.formats import OpenedCheckpoint
 from ..checkpoint.formats.entries import entries_of
+from ..checkpoint.formats.registry import writer_for
 from ..checkpoint.formats.tensors import as_tensor
-from ..checkpoint.formats.training_safetensors import (
-    is_training_metadata,
-    write_training_safetensors,
-)
+from ..checkpoint.formats.training_safetensors import is_training_metadata
 from ..checkpoint.keys.naming import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
 from ..checkpoint.save.errors import SaveConfigError
 from ..checkpoint.save.saver import iteration_of
@@ -149,7 +147,7 @@ def convert_training(args, kind: str, opened: OpenedCheckpoint) -> Dict[str, Any
     model, rest = opened.split_model()
     with opened.reader() as reader:
         data = _read_all({"model": model, **rest}, reader)
-    serializer = write_training_safetensors if kind == "safetensors" else torch.save
+    serializer = writer_for(kind)
     try:
         result = write_checkpoint(
             args.output, data, iteration=iteration_of(data), serializer=serializer

@@ -83,6 +83,10 @@ _MODEL_WRITERS: Dict[str, ModelWriter] = {
     "safetensors": write_safetensors_model,
 }
 _PERIODIC_DIGITS = 7  # fvcore's PeriodicCheckpointer: f"{prefix}_{iteration:07d}"
+_PERIODIC = re.compile(
+    r"^(?P<prefix>.+)_(?P<iter>\d{%d})(?:%s)$"
+    % (_PERIODIC_DIGITS, "|".join(re.escape(s) for s in CHECKPOINT_SUFFIXES))
+)
 _ITERATION = re.compile(r"_(\d+)$")
 
 
@@ -167,15 +171,8 @@ def parse_periodic(name: str) -> Optional[Tuple[str, int]]:
     checkpoint suffix (``model_0000099.pth`` -> ``("model", 99)``; ``model_99.pth``,
     ``model_0000099`` and ``model_final.pth`` -> None).
     """
-    suffix = next((s for s in CHECKPOINT_SUFFIXES if name.endswith(s)), None)
-    if suffix is None:
-        return None
-    prefix, sep, digits = name[: -len(suffix)].rpartition("_")
-    if not (sep and prefix and len(digits) == _PERIODIC_DIGITS and digits.isdigit()):
-        return None
-    if not digits.isascii():  # str.isdigit() takes other scripts' digits
-        return None
-    return prefix, int(digits)
+    m = _PERIODIC.match(name)
+    return (m.group("prefix"), int(m.group("iter"))) if m else None
 
 
 def iteration_from_name(name: str) -> int:
