@@ -2,18 +2,22 @@
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import textwrap
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 
 from ..checkpoint.formats import OpenedCheckpoint, open_checkpoint
 from ..checkpoint.formats.registry import CHECKPOINT_SUFFIXES, model_writer_for, output_format
+from ..checkpoint.save.errors import CheckpointSaveError
+from ..checkpoint.save.saver import iteration_of
+from ..checkpoint.save.write import write_checkpoint
 from ..errors import EXIT_BAD_INPUT
 
 EXIT_OK = 0
@@ -188,29 +192,71 @@ def check_output(src: str, out: str, force: bool) -> str:
 def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: bool) -> int:
     """Write model weights (``entries``) and plain ``extra`` entries; returns the file size.
 
-    A safetensors file keeps the extra entries as JSON in its metadata.
+    The file is written as the saver writes checkpoints (``save.write.write_checkpoint``):
+    into a temporary file, fsynced, read back and compared, renamed over ``out``, and given
+    an integrity record, so that an interrupted command leaves no partial output. A
+    safetensors file keeps the extra entries as JSON in its metadata.
 
     Raises:
         CliError: the file cannot be written (no space, no permission).
     """
-    writer = model_writer_for(kind)
-    desc = f"writing {os.path.basename(out)}"
+    writer = functools.partial(
+        model_writer_for(kind),
+        extra=extra,
+        progress=progress,
+        desc=f"writing {os.path.basename(out)}",
+        path=out,
+    )
     try:
-        with _atomic_path(out) as tmp, open(tmp, "wb") as f:
-            writer(entries, f, extra=extra, progress=progress, desc=desc, path=out)
-        return os.path.getsize(out)
-    except OSError as e:  # a full disk or a read-only folder is the user's to fix
-        raise CliError(f"cannot write {out}: {e.strerror or e}.") from None
+        result = write_checkpoint(
+            out, list(entries), iteration=iteration_of(extra), serializer=keep_interrupts(writer)
+        )
+    except CheckpointSaveError as e:  # a full disk or a read-only folder is the user's to fix
+        raise CliError(f"cannot write {out}: {_os_reason(e)}.") from None
+    return result.record.size
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str) -> Iterator[str]:
-    """A temporary path that replaces ``path`` only if the block completes."""
-    tmp = path + ".tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _os_reason(e: BaseException) -> Any:
+    """What the operating system said about a failed write: the ``OSError`` behind ``e``."""
+    seen: Optional[BaseException] = e
+    for _ in range(8):  # the chain is short: explain_os_error's, from the serializer's
+        if seen is None or isinstance(seen, OSError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    return (seen.strerror or seen) if isinstance(seen, OSError) else e
+
+
+class _WatchedFile:
+    """A file object that remembers whether a write was interrupted (Ctrl-C)."""
+
+    def __init__(self, f: Any):
+        self._f, self.interrupted = f, False
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def keep_interrupts(serializer: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``serializer`` whose Ctrl-C stays a ``KeyboardInterrupt`` (exit 130, not a bug).
+
+    torch's zip writer turns any exception raised in a file object's ``write`` into a
+    ``RuntimeError``; the temporary file is removed either way.
+    """
+
+    def run(data: Any, f: Any) -> None:
+        watched = _WatchedFile(f)
+        try:
+            serializer(data, watched)
+        except RuntimeError:
+            if watched.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+
+    return run

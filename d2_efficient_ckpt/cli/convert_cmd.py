@@ -25,6 +25,7 @@ from .common import (
     check_output,
     emit,
     fmt_bytes,
+    keep_interrupts,
     model_state,
     open_lazy,
     saved_entries,
@@ -56,8 +57,8 @@ def register(sub, common) -> None:
         "detectron2's); --from torchvision renames a torchvision ResNet to detectron2 backbone "
         "names. With --training, a whole training checkpoint (optimizer, scheduler, trainer "
         "state) becomes the pickle-free training .safetensors that CHECKPOINT.SAVE.FORMAT "
-        "safetensors writes; such a file always converts whole, also back to .pth. Whole "
-        "conversions write an integrity record next to OUT, as saves do.",
+        "safetensors writes; such a file always converts whole, also back to .pth. OUT is "
+        "written as saves are: complete or not at all, with an integrity record next to it.",
         EXAMPLES,
         common,
     )
@@ -147,7 +148,7 @@ def convert_training(args, kind: str, opened: OpenedCheckpoint) -> Dict[str, Any
     model, rest = opened.split_model()
     with opened.reader() as reader:
         data = _read_all({"model": model, **rest}, reader)
-    serializer = writer_for(kind)
+    serializer = keep_interrupts(writer_for(kind))
     try:
         result = write_checkpoint(
             args.output, data, iteration=iteration_of(data), serializer=serializer
