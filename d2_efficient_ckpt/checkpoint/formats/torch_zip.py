@@ -180,8 +180,12 @@ def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:
             )
         whole: Optional[torch.UntypedStorage] = None
         if mmap:
-            whole = torch.UntypedStorage.from_file(path, shared=False, nbytes=identity.size)
-            mapped = MappedFile(path, whole.data_ptr(), identity.size, identity)
+            # torch's stubs type from_file as the storage base class's; it is untyped here.
+            storage: torch.UntypedStorage = torch.UntypedStorage.from_file(  # type: ignore[assignment]
+                path, shared=False, nbytes=identity.size
+            )
+            whole = storage
+            mapped = MappedFile(path, storage.data_ptr(), identity.size, identity)
             mapped.check_unchanged()  # the mapping must not extend past the file's end
         else:
             mapped = MappedFile(path, 0, 0, identity)
