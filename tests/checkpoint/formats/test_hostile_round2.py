@@ -23,8 +23,7 @@ from d2_efficient_ckpt.checkpoint.formats import registry
 from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 from d2_efficient_ckpt.checkpoint.save import IntegrityError, check_cheap
 from d2_efficient_ckpt.checkpoint.save.integrity import record_path
-
-from . import hostile as h
+from tests.helpers import hostile as h
 
 
 class _SharedBlob:
