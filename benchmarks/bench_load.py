@@ -45,7 +45,10 @@ import procmem
 from load_worker import CASES, CLASSES, RESULT_MARKER, make_cfg, make_checkpoint, worker_main
 from throttle import ReadThrottle, ThrottleError
 
-from d2_efficient_ckpt.checkpoint.io.vm import evict_from_page_cache, page_cache_residency
+from d2_efficient_ckpt.checkpoint.storage.page_cache import (
+    evict_from_page_cache,
+    page_cache_residency,
+)
 from d2_efficient_ckpt.errors import EXIT_BAD_INPUT, print_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device here'; print(torch.cuda.get_device_name(0))"
-"$PY" -m pytest -q -rs tests/checkpoint/io/test_gpu_reads.py tests -k "cuda or gpu or GPU"
+"$PY" -m pytest -q -rs tests/checkpoint/storage/test_gpu_reads.py tests -k "cuda or gpu or GPU"
 "$PY" benchmarks/bench_load.py --device cuda:0 --quick

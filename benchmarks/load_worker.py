@@ -399,7 +399,7 @@ def model_byte_ranges(ckpt: str) -> List[Tuple[int, int]]:
     What a weights-only load must read at least, found with the package's own parser (it
     reads the archive's directory and pickle, not the tensor bytes).
     """
-    from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+    from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 
     opened = open_checkpoint(ckpt)
     model, _ = opened.split_model()

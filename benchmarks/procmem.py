@@ -3,7 +3,7 @@
 Everything here reads ``/proc`` or files, so it adds no dependency. On a system without
 ``/proc`` the functions return ``None`` rather than raise, and the benchmark says so in its
 output. Page-cache residency and eviction are the package's own
-(``d2_efficient_ckpt.checkpoint.io.vm``), shared with its tests.
+(``d2_efficient_ckpt.checkpoint.storage.page_cache``), shared with its tests.
 """
 
 import os

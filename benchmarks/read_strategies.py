@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 
 from load_worker import wait_until  # noqa: E402
 
-from d2_efficient_ckpt.checkpoint.io.vm import evict_from_page_cache  # noqa: E402
+from d2_efficient_ckpt.checkpoint.storage.page_cache import evict_from_page_cache  # noqa: E402
 
 STRATEGIES = ("buffered", "willneed", "direct", "direct2")
 PARTS = {"half": "first half (weights only)", "whole": "whole file (resume)"}

@@ -13,8 +13,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = "d2_efficient_ckpt"
 # Layers of checkpoint/, lowest first: a module may import its own layer and those below.
-LAYERS = ["errors", "storage", "io", "options", "keys", "report", "explain", "restore", "save",
-          "load", "resume", "build", "checkpointer"]  # fmt: skip
+LAYERS = ["errors", "storage", "formats", "options", "keys", "report", "explain", "restore",
+          "save", "load", "resume", "build", "checkpointer"]  # fmt: skip
 
 
 def _modules() -> Dict[str, str]:

@@ -11,6 +11,7 @@ from ..errors import UserError
 __all__ = [
     "PartialLoadError",
     "ArchitectureMismatchError",
+    "SaveConfigError",
     "CheckpointConfigError",
     "CheckpointError",
     "CheckpointFormatError",
@@ -26,6 +27,14 @@ class CheckpointError(UserError, RuntimeError):
 
 class CheckpointConfigError(CheckpointError, ValueError):
     """A ``CHECKPOINT.*`` setting, or the matching ``load()`` argument, that cannot work."""
+
+
+class SaveConfigError(CheckpointError, ValueError):
+    """A ``CHECKPOINT.SAVE`` setting has a value that cannot work; the message names it.
+
+    Also raised when the setting cannot store a value of the state (a pickle-free format and
+    an object that is not data), wherever that is found.
+    """
 
 
 class UnknownCheckpointerError(CheckpointConfigError, KeyError):

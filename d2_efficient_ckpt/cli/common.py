@@ -2,17 +2,22 @@
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import textwrap
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 
-from ..checkpoint.io.readers import OpenedCheckpoint, open_checkpoint
+from ..checkpoint.formats import OpenedCheckpoint, open_checkpoint
+from ..checkpoint.formats.registry import CHECKPOINT_SUFFIXES, model_writer_for, output_format
+from ..checkpoint.save.errors import CheckpointSaveError
+from ..checkpoint.save.saver import iteration_of
+from ..checkpoint.save.write import write_checkpoint
 from ..errors import EXIT_BAD_INPUT, UserError
 
 EXIT_OK = 0
@@ -176,30 +181,82 @@ def check_output(src: str, out: str, force: bool) -> str:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CliError(f"the output folder {parent} does not exist.")
-    if out.endswith(".safetensors"):
-        return "safetensors"
-    if out.endswith((".pth", ".pt", ".ckpt", ".bin")):
-        return "torch"
-    raise CliError(f"cannot tell the output format of {out}: name it .pth or .safetensors.")
+    kind = output_format(out)
+    if kind is None:
+        raise CliError(
+            f"cannot tell the output format of {out}: name it {' or '.join(CHECKPOINT_SUFFIXES)}."
+        )
+    return kind
 
 
 def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: bool) -> int:
     """Write model weights (``entries``) and plain ``extra`` entries; returns the file size.
 
-    A safetensors file keeps the extra entries as JSON in its metadata.
+    The file is written as the saver writes checkpoints (``save.write.write_checkpoint``):
+    into a temporary file, fsynced, read back and compared, renamed over ``out``, and given
+    an integrity record, so that an interrupted command leaves no partial output. A
+    safetensors file keeps the extra entries as JSON in its metadata.
 
     Raises:
         CliError: the file cannot be written (no space, no permission).
     """
-    from ..checkpoint.io.writers import write_safetensors, write_torch
-
-    desc = f"writing {os.path.basename(out)}"
+    writer = functools.partial(
+        model_writer_for(kind),
+        extra=extra,
+        progress=progress,
+        desc=f"writing {os.path.basename(out)}",
+        path=out,
+    )
     try:
-        if kind == "safetensors":
-            metadata = {"format": "pt"}
-            if extra:
-                metadata[ENTRIES_METADATA_KEY] = json.dumps(extra)
-            return write_safetensors(out, entries, metadata, progress=progress, desc=desc)
-        return write_torch(out, entries, extra, progress=progress, desc=desc)
-    except OSError as e:  # a full disk or a read-only folder is the user's to fix
-        raise CliError(f"cannot write {out}: {e.strerror or e}.") from None
+        result = write_checkpoint(
+            out, list(entries), iteration=iteration_of(extra), serializer=keep_interrupts(writer)
+        )
+    except CheckpointSaveError as e:  # a full disk or a read-only folder is the user's to fix
+        raise CliError(f"cannot write {out}: {_os_reason(e)}.") from None
+    return result.record.size
+
+
+def _os_reason(e: BaseException) -> Any:
+    """What the operating system said about a failed write: the ``OSError`` behind ``e``."""
+    seen: Optional[BaseException] = e
+    for _ in range(8):  # the chain is short: explain_os_error's, from the serializer's
+        if seen is None or isinstance(seen, OSError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    return (seen.strerror or seen) if isinstance(seen, OSError) else e
+
+
+class _WatchedFile:
+    """A file object that remembers whether a write was interrupted (Ctrl-C)."""
+
+    def __init__(self, f: Any):
+        self._f, self.interrupted = f, False
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def keep_interrupts(serializer: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``serializer`` whose Ctrl-C stays a ``KeyboardInterrupt`` (exit 130, not a bug).
+
+    torch's zip writer turns any exception raised in a file object's ``write`` into a
+    ``RuntimeError``; the temporary file is removed either way.
+    """
+
+    def run(data: Any, f: Any) -> None:
+        watched = _WatchedFile(f)
+        try:
+            serializer(data, watched)
+        except RuntimeError:
+            if watched.interrupted:
+                raise KeyboardInterrupt from None
+            raise
+
+    return run

@@ -7,19 +7,16 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint.io.mapped import FileReader
-from ..checkpoint.io.readers import OpenedCheckpoint
-from ..checkpoint.io.tensors import as_tensor
-from ..checkpoint.io.training_tree import is_training_metadata
-from ..checkpoint.io.writers import entries_of
-from ..checkpoint.keys.rename_rules import (
-    TORCHVISION_INPUT_CONFIG,
-    torchvision_resnet_to_detectron2,
-)
+from ..checkpoint.formats import OpenedCheckpoint
+from ..checkpoint.formats.entries import entries_of
+from ..checkpoint.formats.registry import writer_for
+from ..checkpoint.formats.tensors import as_tensor
+from ..checkpoint.formats.training_safetensors import is_training_metadata
+from ..checkpoint.keys.rename_rules import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
 from ..checkpoint.save.errors import SaveConfigError
-from ..checkpoint.save.safetensors_format import write_training_safetensors
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint
+from ..checkpoint.storage.mapped import FileReader
 from .common import (
     ENTRIES_METADATA_KEY,
     EXIT_OK,
@@ -28,6 +25,7 @@ from .common import (
     check_output,
     emit,
     fmt_bytes,
+    keep_interrupts,
     model_state,
     open_lazy,
     saved_entries,
@@ -59,8 +57,8 @@ def register(sub, common) -> None:
         "detectron2's); --from torchvision renames a torchvision ResNet to detectron2 backbone "
         "names. With --training, a whole training checkpoint (optimizer, scheduler, trainer "
         "state) becomes the pickle-free training .safetensors that CHECKPOINT.SAVE.FORMAT "
-        "safetensors writes; such a file always converts whole, also back to .pth. Whole "
-        "conversions write an integrity record next to OUT, as saves do.",
+        "safetensors writes; such a file always converts whole, also back to .pth. OUT is "
+        "written as saves are: complete or not at all, with an integrity record next to it.",
         EXAMPLES,
         common,
     )
@@ -150,7 +148,7 @@ def convert_training(args, kind: str, opened: OpenedCheckpoint) -> Dict[str, Any
     model, rest = opened.split_model()
     with opened.reader() as reader:
         data = _read_all({"model": model, **rest}, reader)
-    serializer = write_training_safetensors if kind == "safetensors" else torch.save
+    serializer = keep_interrupts(writer_for(kind))
     try:
         result = write_checkpoint(
             args.output, data, iteration=iteration_of(data), serializer=serializer

@@ -10,9 +10,10 @@ import torch
 from tabulate import tabulate
 
 from ..checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
-from ..checkpoint.io.readers import detect_format, open_checkpoint, short_text
-from ..checkpoint.io.tensors import dtype_of, shape_of
-from ..checkpoint.io.training_tree import is_training_metadata
+from ..checkpoint.formats import detect_format, open_checkpoint
+from ..checkpoint.formats.messages import short_text
+from ..checkpoint.formats.tensors import dtype_of, shape_of
+from ..checkpoint.formats.training_safetensors import is_training_metadata
 from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
 
 EXAMPLES = """\

@@ -6,8 +6,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..checkpoint.io.tensors import as_tensor, dtype_of
-from ..checkpoint.io.writers import entries_of
+from ..checkpoint.formats.entries import entries_of
+from ..checkpoint.formats.tensors import as_tensor, dtype_of
 from .common import (
     EXIT_OK,
     add_parser,
@@ -38,7 +38,8 @@ def register(sub, common) -> None:
         "Write only the model weights, without optimizer, scheduler and trainer state; with "
         "--fp16, float32/float64 weights are stored as float16 (tensors whose values would "
         "overflow fp16 stay float32). The checkpointer casts them back to the model's dtype "
-        "when loading.",
+        "when loading. OUT is written as saves are: complete or not at all, with an "
+        "integrity record next to it.",
         EXAMPLES,
         common,
     )

@@ -9,15 +9,11 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.io.readers import (
-    OpenedCheckpoint,
-    SafetensorsStateDict,
-    detect_format,
-    open_checkpoint,
-)
-from ..checkpoint.io.torch_zip import corrupt_records
-from ..checkpoint.io.training_tree import is_training_metadata
-from ..checkpoint.io.writers import byte_progress
+from ..checkpoint.formats import OpenedCheckpoint, detect_format, open_checkpoint
+from ..checkpoint.formats.entries import byte_progress
+from ..checkpoint.formats.safetensors import SafetensorsStateDict
+from ..checkpoint.formats.torch_zip import corrupt_records
+from ..checkpoint.formats.training_safetensors import is_training_metadata
 from ..checkpoint.restore.state import tensors_in
 from ..checkpoint.save import IntegrityError, check_full
 from .common import EXIT_FAILED, EXIT_OK, add_parser, emit, local_file, show_progress
@@ -95,58 +91,80 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
     path = local_file(path)
     result: Dict[str, Any] = {"file": path, "format": None, "checks": [], "problems": []}
     checks, problems = result["checks"], result["problems"]
-
-    def finish() -> Dict[str, Any]:
-        result["ok"] = not problems
-        return result
-
     try:
         result["format"] = fmt = detect_format(path)
     except CheckpointError as e:
         problems.append(str(e))
-        return finish()
+        return _finish(result)
+    _check_record(path, checks, problems)
+    result["sha256"] = digest = _sha256(path, progress)
+    if sha256:
+        _check_sha256(digest, sha256, checks, problems)
+    if fmt == "torch-zip":
+        _check_zip(path, checks, problems)
+    if fmt == "safetensors":
+        _check_safetensors(path, checks, problems)
+    if not problems:
+        _check_contents(path, result, progress)
+    return _finish(result)
+
+
+def _finish(result: Dict[str, Any]) -> Dict[str, Any]:
+    result["ok"] = not result["problems"]
+    return result
+
+
+def _check_record(path: str, checks: List[str], problems: List[str]) -> None:
     try:
         record = check_full(path, require_record=False)
         if record is not None:
             checks.append(f"integrity record matches ({record.algorithm}, {record.size} bytes)")
     except IntegrityError as e:
         problems.append(e.problem)
-    result["sha256"] = digest = _sha256(path, progress)
-    if sha256:
-        want = sha256.strip().lower()
-        if len(want) < 6 or not digest.startswith(want):
-            problems.append(f"SHA-256 is {digest}, expected {want}.")
-        else:
-            checks.append("sha256 matches")
-    if fmt == "torch-zip":
-        try:
-            broken = corrupt_records(path)  # the loader's archive parser, plus CRCs
-            if broken:
-                problems.append(
-                    f"zip record(s) {', '.join(broken[:5])} fail their CRC check (the file is "
-                    "corrupt)."
-                )
-            else:
-                checks.append("zip CRCs ok")
-        except CheckpointError as e:
-            problems.append(str(e))
-    if fmt == "safetensors":
-        try:
-            layout = _safetensors_layout(path)
-        except CheckpointError as e:
-            layout = [str(e)]
-        problems.extend(layout)
-        if not layout:
-            checks.append("safetensors header and offsets ok")
-    if problems:
-        return finish()
+
+
+def _check_sha256(digest: str, expected: str, checks: List[str], problems: List[str]) -> None:
+    want = expected.strip().lower()
+    if len(want) < 6 or not digest.startswith(want):
+        problems.append(f"SHA-256 is {digest}, expected {want}.")
+    else:
+        checks.append("sha256 matches")
+
+
+def _check_zip(path: str, checks: List[str], problems: List[str]) -> None:
+    try:
+        broken = corrupt_records(path)  # the loader's archive parser, plus CRCs
+    except CheckpointError as e:
+        problems.append(str(e))
+        return
+    if broken:
+        problems.append(
+            f"zip record(s) {', '.join(broken[:5])} fail their CRC check (the file is corrupt)."
+        )
+    else:
+        checks.append("zip CRCs ok")
+
+
+def _check_safetensors(path: str, checks: List[str], problems: List[str]) -> None:
+    try:
+        layout = _safetensors_layout(path)
+    except CheckpointError as e:
+        layout = [str(e)]
+    problems.extend(layout)
+    if not layout:
+        checks.append("safetensors header and offsets ok")
+
+
+def _check_contents(path: str, result: Dict[str, Any], progress: bool) -> None:
+    """A safe load, the model's tensors readable and finite, and the training state."""
+    checks, problems = result["checks"], result["problems"]
     try:
         opened = open_checkpoint(path, mmap=True, weights_only=True)
         result["format"] = opened.format
         state, _ = opened.split_model()  # read below through one checked reader
     except CheckpointError as e:
         problems.append(str(e))
-        return finish()
+        return
     checks.append("loads with weights_only")
     result["tensors"] = len(state)
     try:
@@ -162,7 +180,6 @@ def verify_file(path: str, sha256: Optional[str] = None, progress: bool = False)
             checks.append(f"training state decoded, {count} tensors readable")
         except CheckpointError as e:
             problems.append(str(e))
-    return finish()
 
 
 def _read_training_state(opened: OpenedCheckpoint) -> int:

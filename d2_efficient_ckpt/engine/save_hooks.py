@@ -5,6 +5,7 @@ import logging
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 
+from ..checkpoint.formats.registry import periodic_name
 from ..checkpoint.save.signals import PREEMPTED_EXIT_CODE, PreemptionSignals
 from .sampling import SamplingState
 
@@ -56,7 +57,7 @@ class CheckpointOnSignal(HookBase):
             return
         trainer = self.trainer
         what = self._signals.received or "a signal on another rank"
-        name = f"model_{trainer.iter:07d}"
+        name = periodic_name("model", trainer.iter)
         logger.warning(f"Received {what}: saving {name} after iteration {trainer.iter}, then exit.")
         for hook in trainer._hooks:  # every rank's sampling state, for the main process
             if isinstance(hook, SamplingState):

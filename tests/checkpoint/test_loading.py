@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
-from d2_efficient_ckpt.checkpoint.io import readers
+from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
 
 from .conftest import assert_same_weights, trained_state
 
@@ -109,9 +109,9 @@ def test_excluded_keys_never_read(tmp_path, saved, fresh, monkeypatch):
     st = str(tmp_path / "w.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, st)
     read = []
-    orig = readers.SafetensorsStateDict.__getitem__
+    orig = SafetensorsStateDict.__getitem__
     monkeypatch.setattr(
-        readers.SafetensorsStateDict, "__getitem__", lambda s, k: read.append(k) or orig(s, k)
+        SafetensorsStateDict, "__getitem__", lambda s, k: read.append(k) or orig(s, k)
     )
     ours = fresh()
     EfficientDetectionCheckpointer(ours).load(st, exclude=["roi_heads.*"])

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import TRAINING_FORMAT
 from d2_efficient_ckpt.cli import main
 from tests.checkpoint.conftest import assert_same_state
 from tests.conftest import tiny_frcnn_cfg

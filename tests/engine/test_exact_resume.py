@@ -130,8 +130,8 @@ def test_random_state_restored_from_a_view_into_a_larger_buffer():
 def test_sampling_state_is_stored_without_pickle_and_named_as_its_part():
     import json
 
+    from d2_efficient_ckpt.checkpoint.formats.training_safetensors import decode, encode
     from d2_efficient_ckpt.checkpoint.restore.parts import TRAINER_PARTS
-    from d2_efficient_ckpt.checkpoint.save.tree_codec import decode, encode
     from d2_efficient_ckpt.engine.sampling import SamplingState
 
     # The checkpoint's part for this hook is found by the hook's class name.

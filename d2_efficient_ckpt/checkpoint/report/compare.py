@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 from tqdm import tqdm
 
-from ..io.tensors import as_tensor, dtype_of, shape_of
+from ..formats.tensors import as_tensor, dtype_of, shape_of
 
 __all__ = ["ModuleChange", "StateDiff", "diff_state_dicts", "module_of"]
 

@@ -36,7 +36,7 @@ class LoadReport:
 
     Attributes:
         path: the checkpoint file.
-        format: how it was read (see ``readers.open_checkpoint``).
+        format: how it was read (see ``formats.open_checkpoint``).
         loaded: model keys written from the checkpoint.
         missing: model keys (selected) that the checkpoint lacks.
         unexpected: checkpoint keys (after renaming) that the model lacks.

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..io.vm import MADV_POPULATE_WRITE, madvise
+from ..storage.page_cache import MADV_POPULATE_WRITE, madvise
 
 __all__ = ["HostArena"]
 

@@ -10,21 +10,19 @@ network storage) still resumes from its tag. The checkpointer's ``resume_or_load
 """
 
 import os
-import re
 import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..formats.registry import checkpoint_format, is_checkpoint_name, iteration_from_name
 from ..save.integrity import RECORD_SUFFIX, IntegrityError, check_cheap
 from ..save.tag import Tag, read_tag
 from ..storage.atomic import is_temp_file
 from ..storage.registry import store_for
 
 __all__ = [
-    "CHECKPOINT_SUFFIXES",
     "Candidate",
     "ResumeChoice",
-    "iteration_from_name",
     "choose_resume",
     "inspect",
     "scan",
@@ -32,8 +30,6 @@ __all__ = [
     "describe_skipped",
 ]
 
-CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
-_ITER_RE = re.compile(r"_(\d+)$")
 _MISSING = "named by last_checkpoint, but the file does not exist"
 
 
@@ -81,16 +77,6 @@ class ResumeChoice:
     @property
     def fell_back(self) -> bool:
         return bool(self.skipped)
-
-
-def iteration_from_name(name: str) -> int:
-    """``model_0000099.pth`` -> 99; anything else (``model_final.pth``) -> -1."""
-    stem = name
-    for suffix in CHECKPOINT_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-    m = _ITER_RE.search(stem)
-    return int(m.group(1)) if m else -1
 
 
 def choose_resume(candidates: Sequence[Candidate], tag: Tag, list_error: str = "") -> ResumeChoice:
@@ -172,7 +158,7 @@ def _problem(path: str) -> Tuple[str, int, float, str]:
         return e.problem, -1, 0.0, ""
     if record is not None:
         return "", record.iteration, record.created, record.run
-    if path.endswith(".pth"):
+    if checkpoint_format(path) == "pth":
         try:
             if store_for(path).info(path).size == 0:
                 return "the file is empty.", -1, 0.0, ""
@@ -216,7 +202,7 @@ def scan(directory: str) -> List[Candidate]:
     for name in names:
         if is_temp_file(name) or name.endswith(RECORD_SUFFIX):
             continue
-        if not name.endswith(CHECKPOINT_SUFFIXES):
+        if not is_checkpoint_name(name):
             continue
         found = inspect(directory, name)
         if found is not None:

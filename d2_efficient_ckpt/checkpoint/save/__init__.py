@@ -1,6 +1,6 @@
 """The saving side: atomic, verified, optionally asynchronous checkpoints.
 
-Modules, each with one job (imports point down to ``..errors`` and ``..io``):
+Modules, each with one job (imports point down: ``..errors``, ``..storage``, ``..formats``):
     errors        CheckpointSaveError, SaveConfigError
     atomic        temporary file (locked), fsync, rename, directory fsync; non-blocking reads
     stale         which temporary files of interrupted saves are dead (pure), their removal
@@ -11,9 +11,6 @@ Modules, each with one job (imports point down to ``..errors`` and ``..io``):
     async_writer  one background thread, back-pressure, errors raised in the caller
     retention     which of this run's periodic checkpoints to delete (pure)
     signals       preemption signals turned into a flag the training loop polls
-    tree_codec    a training checkpoint as named tensors plus a JSON skeleton (no pickle);
-                  the loader's side, decode, is ``io.training_tree``
-    safetensors_format  that, written as one .safetensors file
     saver         CheckpointSaver: the sequence above for one save
 """
 

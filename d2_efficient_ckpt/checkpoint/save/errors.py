@@ -1,6 +1,10 @@
-"""Errors of the saving side; both are user-facing (see ``d2_efficient_ckpt.errors``)."""
+"""Errors of the saving side; both are user-facing (see ``d2_efficient_ckpt.errors``).
 
-from ..errors import CheckpointError
+``SaveConfigError`` lives with the package's other errors (``..errors``), since the formats
+raise it too for state their format cannot store; it is named here for the saving side.
+"""
+
+from ..errors import CheckpointError, SaveConfigError
 
 __all__ = ["CheckpointSaveError", "SaveConfigError"]
 
@@ -14,7 +18,3 @@ class CheckpointSaveError(CheckpointError):
         if fix:
             msg += f" {fix}"
         super().__init__(msg)
-
-
-class SaveConfigError(CheckpointError, ValueError):
-    """A ``CHECKPOINT.SAVE`` setting has a value that cannot work; the message names it."""

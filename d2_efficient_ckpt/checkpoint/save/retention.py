@@ -9,18 +9,17 @@ The saver calls it only after the newest checkpoint was written, verified and ta
 old file is never deleted before its successor is known to be good.
 """
 
-import re
 from typing import Iterable, List, Optional, Tuple
 
-__all__ = ["periodic_prefix", "plan_deletions"]
+from ..formats.registry import parse_periodic
 
-_PERIODIC = re.compile(r"^(?P<prefix>.+)_(?P<iter>\d{7})\.(?:pth|safetensors)$")
+__all__ = ["periodic_prefix", "plan_deletions"]
 
 
 def periodic_prefix(name: str) -> Optional[str]:
     """The prefix of a periodic checkpoint name (``model_0000099.pth`` -> ``model``), or None."""
-    m = _PERIODIC.match(name)
-    return m.group("prefix") if m else None
+    parsed = parse_periodic(name)
+    return parsed[0] if parsed else None
 
 
 def plan_deletions(
@@ -49,9 +48,9 @@ def plan_deletions(
     keep = {p for p in protected if p}
     ours: List[Tuple[int, str]] = []
     for name, owner in set(files):
-        m = _PERIODIC.match(name)
-        if m and m.group("prefix") == prefix and owner == run:
-            ours.append((int(m.group("iter")), name))
+        parsed = parse_periodic(name)
+        if parsed and parsed[0] == prefix and owner == run:
+            ours.append((parsed[1], name))
     ours.sort(reverse=True)
     old = [(it, name) for it, name in ours[max_to_keep:] if name not in keep]
     return [name for _, name in sorted(old)]

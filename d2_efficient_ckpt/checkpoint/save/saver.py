@@ -17,13 +17,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
+from ..formats.registry import SAVE_FORMATS, suffix_for, writer_for
 from ..storage.base import Store
 from ..storage.registry import store_for
 from .async_writer import AsyncWriter
 from .errors import SaveConfigError
 from .integrity import IntegrityError, read_record
 from .retention import periodic_prefix, plan_deletions
-from .safetensors_format import write_training_safetensors
 from .snapshot import SnapshotBuffers
 from .tag import TAG_FILE, read_tag, write_tag
 from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkpoint
@@ -31,8 +31,6 @@ from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkp
 __all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of", "new_run_id"]
 
 logger = logging.getLogger(__name__)
-# Formats the saver writes; the loader resumes from each of them.
-_WRITABLE_FORMATS = ("pth", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class SaveOptions:
         if node is None:
             return cls()
         fmt = str(node.get("FORMAT", "pth")).lower()
-        if fmt not in _WRITABLE_FORMATS:
+        if fmt not in SAVE_FORMATS:
             raise SaveConfigError(
                 f"CHECKPOINT.SAVE.FORMAT is '{fmt}'; use 'pth' (default) or 'safetensors'."
             )
@@ -68,7 +66,7 @@ class SaveOptions:
 
     @property
     def suffix(self) -> str:
-        return ".safetensors" if self.format == "safetensors" else ".pth"
+        return suffix_for(self.format)
 
 
 def iteration_of(data: Any) -> int:
@@ -122,8 +120,8 @@ class CheckpointSaver:
         # Refused here, not at the first save: a path no store handles is a config error.
         self._store = store_for(directory, "checkpoint directory") if directory else None
         self.options = options
-        if serializer is None and options.format == "safetensors":
-            serializer = write_training_safetensors
+        if serializer is None:
+            serializer = writer_for(options.format)
         self.serializer = serializer
         self.opener = opener
         self._writer = AsyncWriter()

@@ -60,7 +60,7 @@ def test_a_tensor_referenced_many_times_is_restored_once(tmp_path):
     # One 256 KiB buffer referenced by 4,800 optimizer entries, in a real file read by the
     # loader: the arena and the restore count it once, and every reference gets the same
     # restored tensor (it was one tensor when saved).
-    from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+    from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 
     shared = torch.arange(65536, dtype=torch.float32)
     state = {"state": {i: {"momentum_buffer": shared} for i in range(4800)}}

@@ -3,12 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from d2_efficient_ckpt.checkpoint.resume.choice import (
-    Candidate,
-    choose_resume,
-    describe_skipped,
-    iteration_from_name,
-)
+from d2_efficient_ckpt.checkpoint.formats.registry import iteration_from_name
+from d2_efficient_ckpt.checkpoint.resume.choice import Candidate, choose_resume, describe_skipped
 from d2_efficient_ckpt.checkpoint.save.tag import Tag
 
 RUN, OLD = "run-now", "run-before"

@@ -14,8 +14,8 @@ import zipfile
 import pytest
 
 from d2_efficient_ckpt import build_checkpointer
-from d2_efficient_ckpt.checkpoint.io.readers import SafetensorsStateDict
-from d2_efficient_ckpt.checkpoint.resume.choice import CHECKPOINT_SUFFIXES
+from d2_efficient_ckpt.checkpoint.formats.registry import is_checkpoint_name
+from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
 from d2_efficient_ckpt.checkpoint.save import check_full, read_record
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 from tests.conftest import REPO
@@ -53,7 +53,7 @@ def _check_directory(out, model_factory, fmt="pth"):
     suffix = f".{fmt}"
     names = os.listdir(out)
     for name in names:
-        if not name.endswith(CHECKPOINT_SUFFIXES):
+        if not is_checkpoint_name(name):
             continue
         path = os.path.join(out, name)
         if read_record(path) is not None:

@@ -7,9 +7,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import (
+    TRAINING_FORMAT,
+    decode,
+    encode,
+    write_training_safetensors,
+)
 from d2_efficient_ckpt.checkpoint.save import SaveConfigError, SaveOptions, check_full
-from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
-from d2_efficient_ckpt.checkpoint.save.tree_codec import TRAINING_FORMAT, decode, encode
 from d2_efficient_ckpt.checkpoint.save.write import write_checkpoint
 from tests.checkpoint.conftest import assert_same_state
 

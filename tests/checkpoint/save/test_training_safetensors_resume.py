@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from d2_efficient_ckpt.checkpoint.io import open_checkpoint
-from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT, TrainingModelView
+from d2_efficient_ckpt.checkpoint.formats import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import (
+    TRAINING_FORMAT,
+    TrainingModelView,
+)
 from d2_efficient_ckpt.checkpoint.save import check_full
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer

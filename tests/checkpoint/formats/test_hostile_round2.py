@@ -19,12 +19,11 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError
-from d2_efficient_ckpt.checkpoint.io import readers
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats import registry
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 from d2_efficient_ckpt.checkpoint.save import IntegrityError, check_cheap
 from d2_efficient_ckpt.checkpoint.save.integrity import record_path
-
-from . import hostile as h
+from tests.helpers import hostile as h
 
 
 class _SharedBlob:
@@ -98,7 +97,7 @@ def _wrap_model(model_pkl):
 def test_a_fifo_swapped_in_after_detection_is_refused_not_waited_on(tmp_path, monkeypatch):
     path = tmp_path / "m.pth"
     torch.save({"model": {"w": torch.ones(2)}}, path)
-    real = readers.detect_format
+    real = registry.detect_format
 
     def detect_then_swap(p):
         kind = real(p)
@@ -106,7 +105,7 @@ def test_a_fifo_swapped_in_after_detection_is_refused_not_waited_on(tmp_path, mo
         os.mkfifo(p)
         return kind
 
-    monkeypatch.setattr(readers, "detect_format", detect_then_swap)
+    monkeypatch.setattr(registry, "detect_format", detect_then_swap)
     outcome = []
 
     def load():
@@ -309,7 +308,7 @@ def test_dict_keys_whose_hashes_collide_are_refused_fast(tmp_path):
 
 
 def test_skeleton_keys_whose_hashes_collide_are_refused(tmp_path):
-    from d2_efficient_ckpt.checkpoint.io.training_tree import decode
+    from d2_efficient_ckpt.checkpoint.formats.training_safetensors import decode
 
     items = [[k, 0] for k in _colliding_int_keys(1000)]
     with pytest.raises(ValueError, match="short scalar key"):
@@ -323,7 +322,7 @@ def test_skeleton_keys_whose_hashes_collide_are_refused(tmp_path):
      (frozenset(), False)],
 )  # fmt: skip
 def test_key_policy(key, safe):
-    from d2_efficient_ckpt.checkpoint.io.allowlist import is_safe_key
+    from d2_efficient_ckpt.checkpoint.formats.safe_pickle.allowlist import is_safe_key
 
     assert is_safe_key(key) is safe
 
@@ -381,7 +380,7 @@ def test_caffe2_blob_names_that_collide_are_our_error(tmp_path, capsys, fresh):
 
 
 def test_an_ndarray_node_over_a_bfloat16_tensor_is_refused_by_name():
-    from d2_efficient_ckpt.checkpoint.io.training_tree import decode
+    from d2_efficient_ckpt.checkpoint.formats.training_safetensors import decode
 
     skeleton = {"t": "dict", "items": [["a", {"t": "ndarray", "k": "x"}]]}
     with pytest.raises(ValueError, match="bfloat16"):

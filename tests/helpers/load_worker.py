@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 from d2_efficient_ckpt.cli.inspect_cmd import inspect_file
 from d2_efficient_ckpt.cli.verify_cmd import verify_file
 

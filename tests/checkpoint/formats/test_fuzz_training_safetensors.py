@@ -12,16 +12,15 @@ import random
 import numpy as np
 import pytest
 
-from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
-
-from .test_fuzz_loading import _mutate, _training_state
-from .test_security import run_worker
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import write_training_safetensors
+from tests.helpers.fuzzing import mutate, training_state
+from tests.helpers.loading import run_worker
 
 _KINDS = ["dict", "odict", "counter", "list", "tuple", "tensor", "ndarray", "set", 7, None]
 
 
 def _base(tmp_path) -> str:
-    model, opt = _training_state()
+    model, opt = training_state()
     data = {
         "model": model.state_dict(),
         "trainer": {
@@ -51,7 +50,7 @@ def _join(header, body: bytes) -> bytes:
 def _mutate_tree(tree: str, rng: random.Random) -> str:
     kind = rng.randrange(5)
     if kind == 0:  # bytes of the JSON text
-        return _mutate(tree.encode(), rng).decode("utf-8", "replace")
+        return mutate(tree.encode(), rng).decode("utf-8", "replace")
     node = json.loads(tree)
     nodes = []
 
@@ -91,7 +90,7 @@ def make_cases(tmp_path, n: int, seed: int):
     for k in range(n):
         path = tmp_path / f"case{k}.safetensors"
         if k % 3 == 0:
-            path.write_bytes(_mutate(raw, rng))
+            path.write_bytes(mutate(raw, rng))
         else:
             h = json.loads(json.dumps(header))
             h["__metadata__"]["tree"] = _mutate_tree(h["__metadata__"]["tree"], rng)

@@ -15,7 +15,7 @@ bytes, which is how a file can make numpy read bytes as pointers.
 import collections
 import math
 import warnings
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ class Ctor(_Frozen):
     """A checked constructor standing for the global ``name``."""
 
     __slots__ = ("name", "_fn")
+    name: str
+    _fn: Callable[..., Any]
 
     def __init__(self, name: str, fn: Callable[..., Any]):
         object.__setattr__(self, "name", name)
@@ -72,6 +74,8 @@ class Token(_Frozen):
     """A global that is only ever an argument (a storage type, ``numpy.ndarray``)."""
 
     __slots__ = ("name", "value")
+    name: str
+    value: Any
 
     def __init__(self, name: str, value: Any):
         object.__setattr__(self, "name", name)
@@ -289,7 +293,8 @@ def _numpy_dtype(code: Any, align: Any = False, copy: Any = False) -> _PendingDt
         code = code.decode("latin1")
     _check(isinstance(code, str), "a numpy dtype code is not a string")
     base = _NUMPY_CODES.get(code)
-    _check(base is not None, f"numpy dtype '{code[:16]}' is not a plain numeric type")
+    if base is None:
+        raise ValueError(f"numpy dtype '{code[:16]}' is not a plain numeric type")
     return _PendingDtype(base)
 
 
@@ -349,7 +354,7 @@ def _build_array(state: Any, blobs: Dict[int, Any]) -> np.ndarray:
         f"numpy array data has {len(raw)} bytes but shape {shape} needs "
         f"{math.prod(shape) * dtype.itemsize}",
     )
-    order = "F" if fortran else "C"
+    order: Literal["C", "F"] = "F" if fortran else "C"
     # Keyed by the pickled object itself (kept alive in the entry, so its id stays its own).
     seen = blobs.get(id(pickled))
     if not dtype.isnative:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.errors import UnsafeCheckpointError
-from d2_efficient_ckpt.checkpoint.io.torch_zip import load_torch_zip
+from d2_efficient_ckpt.checkpoint.formats.torch_zip import load_torch_zip
 from d2_efficient_ckpt.checkpoint.restore.arena import HostArena
 from d2_efficient_ckpt.checkpoint.restore.state import materialize
 

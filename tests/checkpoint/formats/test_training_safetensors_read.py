@@ -11,11 +11,17 @@ import torch.nn as nn
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError
-from d2_efficient_ckpt.checkpoint.io import open_checkpoint
-from d2_efficient_ckpt.checkpoint.io.readers import SafetensorsStateDict
-from d2_efficient_ckpt.checkpoint.io.training_tree import TRAINING_FORMAT, TrainingModelView
-from d2_efficient_ckpt.checkpoint.io.vm import evict_from_page_cache, page_cache_residency
-from d2_efficient_ckpt.checkpoint.save.safetensors_format import write_training_safetensors
+from d2_efficient_ckpt.checkpoint.formats import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
+from d2_efficient_ckpt.checkpoint.formats.training_safetensors import (
+    TRAINING_FORMAT,
+    TrainingModelView,
+    write_training_safetensors,
+)
+from d2_efficient_ckpt.checkpoint.storage.page_cache import (
+    evict_from_page_cache,
+    page_cache_residency,
+)
 
 
 def _write(path, data):
@@ -126,3 +132,17 @@ def test_broken_skeletons_are_errors_naming_the_file(tmp_path, edit, problem):
     with pytest.raises(CheckpointFormatError, match=problem) as info:
         open_checkpoint(path)
     assert path in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="this torch has no 8-bit floats")
+def test_training_checkpoints_store_every_dtype_model_files_do(tmp_path):
+    # One dtype table for both writers: 8-bit floats included.
+    w = torch.tensor([0.5, -2.0, 448.0]).to(torch.float8_e4m3fn)
+    v = torch.tensor([1.0, -3.0]).to(torch.float8_e5m2)
+    path = _write(tmp_path / "f8.safetensors", {"model": {"w": w}, "trainer": {"v": v}})
+    opened = open_checkpoint(path)
+    with opened.reader() as reader:
+        got_w = reader.read(opened.data["model"]["w"])
+        got_v = reader.read(opened.data["trainer"]["v"])
+    assert got_w.dtype == w.dtype and torch.equal(got_w.float(), w.float())
+    assert got_v.dtype == v.dtype and torch.equal(got_v.float(), v.float())

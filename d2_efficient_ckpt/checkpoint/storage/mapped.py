@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointFormatError
-from .vm import MADV_RANDOM, madvise
+from .page_cache import MADV_RANDOM, madvise
 
 __all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact", "open_exact"]
 

@@ -23,10 +23,18 @@ import struct
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from ...errors import CheckpointFormatError, UnsafeCheckpointError
 from .allowlist import Ctor, Pending, build_pending, is_safe_key
-from .tree import TreeError, check_tree
+from .tree_limits import TreeError, check_tree
 
-__all__ = ["PickleError", "MalformedPickle", "UnsafeGlobal", "unpickle"]
+__all__ = [
+    "MAX_DEPTH",
+    "PickleError",
+    "MalformedPickle",
+    "UnsafeGlobal",
+    "pickle_error",
+    "unpickle",
+]
 
 # The deepest structure a checkpoint may have, and how many nodes a full walk of it (shared
 # sub-structures counted once per path) may visit per byte of pickle.
@@ -53,6 +61,17 @@ class UnsafeGlobal(PickleError):
     def __init__(self, name: str):
         self.global_name = name
         super().__init__(f"global '{name}' is not allowed")
+
+
+def pickle_error(path: str, err: Exception) -> Exception:
+    """The project's error for a failure of :func:`unpickle` on the file ``path``."""
+    if isinstance(err, UnsafeGlobal):
+        return UnsafeCheckpointError(path, [err.global_name])
+    return CheckpointFormatError(
+        path,
+        f"its pickle is corrupt or holds something that is not data: {err}.",
+        "The file is damaged or was not written by torch.save; re-download or re-export it.",
+    )
 
 
 _MARK = object()  # a stack marker only this module can create

@@ -13,25 +13,15 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-from . import hostile as h
-from .test_security import run_worker
-
-
-def _training_state():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
-    return model, opt
+from tests.helpers import hostile as h
+from tests.helpers.fuzzing import mutate, training_state
+from tests.helpers.loading import run_worker
 
 
 def base_files(tmp_path):
     """One real checkpoint per supported format, with its expected value checksum."""
-    model, opt = _training_state()
+    model, opt = training_state()
     sd = model.state_dict()
     checksum = sum(float(v.double().sum()) for v in sd.values())
     full = {"model": sd, "optimizer": opt.state_dict(), "iteration": np.int64(7)}
@@ -54,25 +44,6 @@ def base_files(tmp_path):
     out["st.safetensors"] = str(tmp_path / "base.safetensors")
     save_file({k: v.contiguous() for k, v in sd.items()}, out["st.safetensors"])
     return out, checksum
-
-
-def _mutate(data: bytes, rng: random.Random) -> bytes:
-    data = bytearray(data)
-    kind = rng.randrange(4)
-    if kind == 0:  # flip a few bytes
-        for _ in range(rng.randint(1, 8)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif kind == 1:  # truncate
-        data = data[: rng.randrange(len(data))]
-    elif kind == 2:  # duplicate a chunk somewhere
-        a = rng.randrange(len(data))
-        chunk = data[a : a + rng.randint(1, 64)]
-        b = rng.randrange(len(data))
-        data[b:b] = chunk
-    else:  # overwrite a run with one byte value
-        a = rng.randrange(len(data))
-        data[a : a + rng.randint(1, 32)] = bytes([rng.randrange(256)]) * rng.randint(1, 32)
-    return bytes(data)
 
 
 def _zip_parts(path):
@@ -134,9 +105,9 @@ def make_cases(tmp_path, n: int, seed: int):
         ext = name.rsplit(".", 1)[1]
         path = str(tmp_path / f"case{k}.{ext}")
         if choice == 0:  # whole-file mutation of any format
-            h.raw_file(path, _mutate(raw[name], rng))
+            h.raw_file(path, mutate(raw[name], rng))
         elif choice == 1:  # a mutated pickle inside a valid archive (CRCs are right)
-            h.torch_zip(str(tmp_path / f"case{k}.pth"), _mutate(zip_pkl, rng), zip_storages)
+            h.torch_zip(str(tmp_path / f"case{k}.pth"), mutate(zip_pkl, rng), zip_storages)
             path = str(tmp_path / f"case{k}.pth")
         elif choice == 2:  # a random program as a .pkl and as a torch zip
             prog = random_program(rng)
@@ -146,7 +117,7 @@ def make_cases(tmp_path, n: int, seed: int):
                 path = h.torch_zip(str(tmp_path / f"case{k}.pth"), prog)
         else:  # a mutated zoo pickle (pickle opcodes without a CRC in the way)
             src = raw[rng.choice(["d2.pkl", "c2.pkl"])]
-            path = h.raw_file(str(tmp_path / f"case{k}.pkl"), _mutate(src, rng))
+            path = h.raw_file(str(tmp_path / f"case{k}.pkl"), mutate(src, rng))
         paths.append(path)
     return bases, paths
 
@@ -157,7 +128,7 @@ def _check(tmp_path, n, seed, batch=150):
         run_worker(paths[start : start + batch], tmp_path, timeout=300)
     # Nothing above changed what a clean load returns: the pristine files load exactly.
     records = run_worker(list(bases.values()), tmp_path)
-    model, _ = _training_state()
+    model, _ = training_state()
     want = sum(float(v.double().sum()) for v in model.state_dict().values())
     for path, rec in records.items():
         assert rec["outcome"] == "ok", rec

@@ -8,7 +8,7 @@ such structures, so that every later walk is bounded by ``max_paths`` and ``max_
 """
 
 from collections import Counter, OrderedDict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ def _children(obj: Any) -> List[Any]:
     return list(obj)
 
 
-def _check_leaf(obj: Any, pending_type: type) -> None:
+def _check_leaf(obj: Any, pending_type: Optional[type]) -> None:
     if isinstance(obj, _LEAVES) or isinstance(obj, _TORCH_LEAVES):
         return
     if isinstance(obj, (np.ndarray, np.generic)):
@@ -49,7 +49,9 @@ def _check_leaf(obj: Any, pending_type: type) -> None:
     raise TreeError(f"an object of type {type(obj).__name__}, which is not data")
 
 
-def check_tree(obj: Any, *, max_depth: int, max_paths: int, pending_type: type = None) -> int:
+def check_tree(
+    obj: Any, *, max_depth: int, max_paths: int, pending_type: Optional[type] = None
+) -> int:
     """Visit every object reachable from ``obj`` once and check it.
 
     Args:

@@ -22,46 +22,10 @@ from d2_efficient_ckpt.checkpoint.errors import (
     PartialLoadError,
     UnsafeCheckpointError,
 )
-from d2_efficient_ckpt.checkpoint.io.readers import detect_format, open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import detect_format, open_checkpoint
 from tests.conftest import REPO
-
-from . import hostile as h
-
-WORKER = os.path.join(os.path.dirname(__file__), "load_worker.py")
-
-
-# A load, inspect and verify of one file may raise the process's peak memory by at most this
-# many bytes per byte of the file, plus a fixed allowance (docs/security.md).
-MEMORY_PER_FILE_BYTE = 8
-MEMORY_SLACK = 64 << 20
-
-
-def run_worker(paths, tmp_path, timeout=120):
-    """Load ``paths`` in a fresh process; return ``{path: record}``."""
-    out = str(tmp_path / f"worker_{len(os.listdir(tmp_path))}.jsonl")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.run(
-        [sys.executable, WORKER, out, *map(str, paths)],
-        env=env,
-        timeout=timeout,
-        capture_output=True,
-        text=True,
-    )
-    lines = [json.loads(x) for x in open(out)] if os.path.exists(out) else []
-    started = [x["start"] for x in lines if "start" in x]
-    assert proc.returncode == 0, (
-        f"the loader process died (status {proc.returncode}) on {started[-1:]}: "
-        f"{proc.stderr[-2000:]}"
-    )
-    records = {x["file"]: x for x in lines if "file" in x}
-    for rec in records.values():
-        assert not rec["poisoned"], f"{rec['file']} changed torch's functions"
-        # The memory bound of docs/security.md.
-        bound = MEMORY_SLACK + MEMORY_PER_FILE_BYTE * rec["size"]
-        assert rec["peak_growth"] <= bound, f"{rec['file']}: peak grew {rec['peak_growth']} bytes"
-        for what in ("outcome", "inspect", "verify"):
-            assert not str(rec[what]).startswith("RAW"), f"{what} of {rec['file']}: {rec}"
-    return records
+from tests.helpers import hostile as h
+from tests.helpers.loading import run_worker
 
 
 def _model_file(tmp_path, name, value):
@@ -140,7 +104,7 @@ _SHRINK = r"""
 import os, sys, torch, torch.nn as nn
 from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
 from d2_efficient_ckpt.checkpoint.load.pipeline import LoadRequest, run_load
 from d2_efficient_ckpt.checkpoint.load.source import source_of
 path, mode = sys.argv[1], sys.argv[2]

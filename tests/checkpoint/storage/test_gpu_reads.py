@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.io.mapped import _STAGING
-from d2_efficient_ckpt.checkpoint.io.readers import open_checkpoint
+from d2_efficient_ckpt.checkpoint.formats.registry import open_checkpoint
+from d2_efficient_ckpt.checkpoint.storage.mapped import _STAGING
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="CUDA not available: GPU read path not tested"

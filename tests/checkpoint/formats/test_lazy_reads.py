@@ -10,8 +10,11 @@ import torch
 import torch.nn as nn
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
-from d2_efficient_ckpt.checkpoint.io.torch_zip import load_torch_zip
-from d2_efficient_ckpt.checkpoint.io.vm import evict_from_page_cache, page_cache_residency
+from d2_efficient_ckpt.checkpoint.formats.torch_zip import load_torch_zip
+from d2_efficient_ckpt.checkpoint.storage.page_cache import (
+    evict_from_page_cache,
+    page_cache_residency,
+)
 
 
 def _residency(path, offset, length):

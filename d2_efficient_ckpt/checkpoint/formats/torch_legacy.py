@@ -14,14 +14,16 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..errors import CheckpointFormatError
-from .allowlist import StorageRef, Token
-from .mapped import FileIdentity, open_exact, read_exact
-from .torch_zip import find_global, pickle_error
-from .unpickler import MalformedPickle, UnsafeGlobal, unpickle
+from ..storage.mapped import FileIdentity, open_exact, read_exact
+from .safe_pickle import MalformedPickle, UnsafeGlobal, pickle_error, unpickle
+from .safe_pickle.allowlist import StorageRef, Token
+from .torch_zip import find_global
 
-__all__ = ["load_torch_legacy", "LEGACY_MAGIC"]
+__all__ = ["load_torch_legacy", "LEGACY_MAGIC", "HEAD"]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# How every legacy file starts: the first pickle, LEGACY_MAGIC in protocol 2.
+HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _PROTOCOL_VERSION = 1001
 
 

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import torch
 
-from . import hostile as h
-from .test_security import run_worker
+from tests.helpers import hostile as h
+from tests.helpers.loading import run_worker
 
 HASH_PRIME = (1 << 61) - 1
 
