@@ -12,7 +12,10 @@ from ..checkpoint.formats.entries import entries_of
 from ..checkpoint.formats.registry import writer_for
 from ..checkpoint.formats.tensors import as_tensor
 from ..checkpoint.formats.training_safetensors import is_training_metadata
-from ..checkpoint.keys.rename_rules import TORCHVISION_INPUT_CONFIG, torchvision_resnet_to_detectron2
+from ..checkpoint.keys.rename_rules import (
+    TORCHVISION_INPUT_CONFIG,
+    torchvision_resnet_to_detectron2,
+)
 from ..checkpoint.save.errors import SaveConfigError
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from d2_efficient_ckpt.checkpoint.save import integrity
-from d2_efficient_ckpt.checkpoint.save.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.save.integrity import record_path
-from d2_efficient_ckpt.checkpoint.save.stale import remove_stale_temp_files
+from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
+from d2_efficient_ckpt.checkpoint.storage.stale import remove_stale_temp_files
 from d2_efficient_ckpt.cli import main
 from tests.conftest import REPO
 

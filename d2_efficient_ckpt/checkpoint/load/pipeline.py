@@ -29,8 +29,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 
 from ..errors import ArchitectureMismatchError, CheckpointFormatError
 from ..explain.base import explain
-from ..io.mapped import FileReader
-from ..io.tensors import as_tensor, dtype_of, shape_of
+from ..formats.tensors import as_tensor, dtype_of, shape_of
 from ..keys.plan import KeyPlan, architecture_difference, plan_keys
 from ..keys.selection import KeySelector
 from ..options import LoadOptions
@@ -48,6 +47,7 @@ from ..restore.state_dict_rules import (
     resolve_missing,
     tied_keys,
 )
+from ..storage.mapped import FileReader
 from .source import Source
 
 __all__ = ["LoadRequest", "LoadResult", "Planned", "plan_load", "run_load"]

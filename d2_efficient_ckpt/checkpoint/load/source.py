@@ -14,10 +14,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from ..errors import CheckpointConfigError, CheckpointFormatError
-from ..io.mapped import MappedFile
-from ..io.readers import OpenedCheckpoint, open_checkpoint
+from ..formats import OpenedCheckpoint, open_checkpoint
 from ..options import LoadOptions
 from ..restore.parts import trainer_entry_problem
+from ..storage.mapped import MappedFile
 
 __all__ = [
     "CheckpointDict",
