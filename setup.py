@@ -15,7 +15,7 @@ def get_version() -> str:
     with open(init_py, encoding="utf-8") as f:
         match = re.search(r'^__version__\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
     if match is None:
-        raise RuntimeError(f"no __version__ = \"...\" line in {init_py}")
+        raise RuntimeError(f'no __version__ = "..." line in {init_py}')
     return match.group(1)
 
 

@@ -31,7 +31,6 @@ EXIT_BAD_INPUT = 2  # a file, config, dataset or argument is wrong; one error li
 EXIT_INTERNAL_ERROR = 3  # an unexpected exception: a bug; the traceback is printed
 
 
-
 class UserError(Exception):
     """Base of every error the package raises for bad input: a file, config, dataset or
     argument that is wrong. Its message names it and the fix.

@@ -183,7 +183,9 @@ class MappedFile:
         span = self.span(t) if isinstance(t, torch.Tensor) and t.is_contiguous() else None
         if span is None:
             return None
-        return span[0] + t.storage_offset() * t.element_size(), t.numel() * t.element_size()
+        return span[0] + int(t.storage_offset()) * t.element_size(), int(
+            t.numel()
+        ) * t.element_size()
 
     def ranges(self, tensors: Iterable[torch.Tensor]) -> List[Tuple[int, int]]:
         """Merged ``(offset, length)`` file ranges of the tensors that view this mapping."""
@@ -285,7 +287,7 @@ class FileReader:
 
     def _file_bytes(self, src: torch.Tensor) -> Optional[Tuple[int, int]]:
         """File offset and length of ``src``'s elements, if it views the file densely."""
-        if self._fd < 0:
+        if self._fd < 0 or self.mapped is None:
             return None
         return self.mapped.tensor_bytes(src)
 
@@ -318,6 +320,7 @@ class FileReader:
                     )
             dst.copy_(src.reshape(dst.shape) if src.shape != dst.shape else src)
             return
+        assert self.mapped is not None  # where is known only for a tensor of the mapping
         offset, nbytes = where
         direct = (
             dst.device.type == "cpu"
@@ -361,6 +364,7 @@ class FileReader:
                 self._events[slot] = None
 
     def _staging_buffer(self, slot: int, pinned: bool) -> torch.Tensor:
-        if self._staging[slot] is None:
-            self._staging[slot] = torch.empty(_STAGING, dtype=torch.uint8, pin_memory=pinned)
-        return self._staging[slot]
+        buf = self._staging[slot]
+        if buf is None:
+            buf = self._staging[slot] = torch.empty(_STAGING, dtype=torch.uint8, pin_memory=pinned)
+        return buf
