@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 DOCKER = os.path.join(REPO, "docker")
 WORKDIR = "/opt/d2_efficient_ckpt"

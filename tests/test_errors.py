@@ -17,7 +17,7 @@ from d2_efficient_ckpt.errors import (
     exit_on_user_error,
 )
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.conftest import REPO, tiny_frcnn_cfg
+from tests.helpers.config import REPO, tiny_frcnn_cfg
 
 
 def _exit_code(fn, *args):

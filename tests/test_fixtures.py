@@ -7,7 +7,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from tests.conftest import tiny_frcnn_cfg
+from tests.helpers.config import tiny_frcnn_cfg
 
 
 def test_direct_configs_write_under_pytest_temp_root(tmp_path_factory):

@@ -5,19 +5,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-
-def build_tiny(tiny_cfg, **overrides):
-    torch.manual_seed(0)
-    return build_model(tiny_cfg(**overrides))
-
-
-def trained_state(model):
-    """One SGD-momentum step with random gradients: weights and momentum both non-trivial."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
-    return opt
+from tests.helpers.models import build_tiny, trained_state
 
 
 @pytest.fixture
@@ -38,28 +26,3 @@ def fresh(tiny_cfg):
         return build_model(tiny_cfg(**overrides))
 
     return make
-
-
-def assert_same_weights(a, b, keys=None):
-    sa, sb = a.state_dict(), b.state_dict()
-    for k in keys if keys is not None else sa:
-        assert torch.equal(sa[k], sb[k]), k
-
-
-def assert_same_state(a, b, path="state"):
-    """Deep equality of saved and restored state: same types and key order at every level,
-    equal tensors of the same dtype, the same ``_metadata``."""
-    assert type(a) is type(b), f"{path}: {type(a).__name__} came back as {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        assert getattr(a, "_metadata", None) == getattr(b, "_metadata", None), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}/{i}")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from torch.nn.parallel import DistributedDataParallel
 
 from d2_efficient_ckpt import build_checkpointer
-from tests.conftest import tiny_frcnn_cfg
+from tests.helpers.config import tiny_frcnn_cfg
 
 
 def _worker(path, out_dir):

@@ -11,7 +11,7 @@ from iopath.common.file_io import NativePathHandler, PathHandler, PathManager
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import UnsafeCheckpointError
-from tests.checkpoint.conftest import assert_same_weights, build_tiny, trained_state
+from tests.helpers.models import assert_same_weights, build_tiny, trained_state
 
 # RENAME sends every roi_heads key to a name this model lacks: applied on a resume, it would
 # leave the box head untrained; INCLUDE and EXCLUDE leave out the RPN and FPN outputs.

@@ -8,8 +8,8 @@ from detectron2.engine import AMPTrainer, HookBase
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.checkpoint.conftest import assert_same_weights
-from tests.conftest import train_on_toy
+from tests.helpers.config import train_on_toy
+from tests.helpers.models import assert_same_weights
 
 
 class _Counter(HookBase):

@@ -22,7 +22,7 @@ from d2_efficient_ckpt.checkpoint.save.integrity import record_path
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.storage.stale import remove_stale_temp_files
 from d2_efficient_ckpt.cli import main
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 # (command, output name): both routes of convert, and strip.
 ROUTES = [

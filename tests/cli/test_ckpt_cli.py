@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.cli import main
-from tests.conftest import REPO, tiny_frcnn_cfg
+from tests.helpers.config import REPO, tiny_frcnn_cfg
 
 COMMANDS = ("inspect", "diff", "convert", "strip", "verify")
 

@@ -10,8 +10,8 @@ from detectron2.modeling import build_model
 
 from d2_efficient_ckpt.checkpoint.formats.training_safetensors import TRAINING_FORMAT
 from d2_efficient_ckpt.cli import main
-from tests.checkpoint.conftest import assert_same_state
-from tests.conftest import tiny_frcnn_cfg
+from tests.helpers.config import tiny_frcnn_cfg
+from tests.helpers.models import assert_same_state
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
-from tests.conftest import REPO, tiny_frcnn_cfg
+from tests.helpers.config import REPO, tiny_frcnn_cfg
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from d2_efficient_ckpt.checkpoint.resume.broadcast import _buckets
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.conftest import tiny_frcnn_cfg, train_on_toy
+from tests.helpers.config import tiny_frcnn_cfg, train_on_toy
 
 
 def _cfg(toy, out, **overrides):

@@ -21,7 +21,7 @@ from d2_efficient_ckpt.engine.loader import ResumableTrainLoader, make_resumable
 from d2_efficient_ckpt.engine.rng import capture_rng_state, restore_rng_state
 from d2_efficient_ckpt.engine.sampling import resume_position
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.conftest import train_on_toy
+from tests.helpers.config import train_on_toy
 
 N = 4
 
@@ -219,7 +219,7 @@ def stopped(tiny_cfg_module, toy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_cfg_module():
-    from tests.conftest import tiny_frcnn_cfg
+    from tests.helpers.config import tiny_frcnn_cfg
 
     return tiny_frcnn_cfg
 

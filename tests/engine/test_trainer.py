@@ -11,7 +11,7 @@ from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.conftest import train_on_toy
+from tests.helpers.config import train_on_toy
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _train(cfg, resume):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, toy):
-    from tests.conftest import tiny_frcnn_cfg
+    from tests.helpers.config import tiny_frcnn_cfg
 
     out = tmp_path_factory.mktemp("run")
     cfg = _cfg(tiny_frcnn_cfg, toy, out, max_iter=4)

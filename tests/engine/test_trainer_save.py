@@ -14,8 +14,8 @@ from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.engine.save_hooks import PREEMPTED_EXIT_CODE
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.checkpoint.save.test_async import FullDisk
-from tests.conftest import REPO, train_on_toy
+from tests.helpers.config import REPO, train_on_toy
+from tests.helpers.faults import FullDisk
 
 
 @pytest.fixture(scope="module")

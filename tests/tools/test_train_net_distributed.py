@@ -15,8 +15,7 @@ from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.engine.save_hooks import PREEMPTED_EXIT_CODE
-from tests.conftest import REPO
-from tests.tools.test_train_net import TRAIN_NET, toy_config  # noqa: F401 (a fixture)
+from tests.helpers.config import REPO, TRAIN_NET
 
 
 def test_two_cpu_processes_resume_and_stop_on_a_signal(toy_config, tmp_path):  # noqa: F811

@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, add_efficient_ckpt_config
 from d2_efficient_ckpt.checkpoint.explain.base import explain
-from tests.conftest import REPO, apply_overrides, tiny_frcnn_cfg
+from tests.helpers.config import REPO, apply_overrides, tiny_frcnn_cfg
 
 R50_CONFIG = os.path.join(REPO, "configs", "faster_rcnn_R50_FPN_custom.yaml")
 PREDICTOR = {

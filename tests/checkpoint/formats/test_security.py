@@ -23,8 +23,8 @@ from d2_efficient_ckpt.checkpoint.errors import (
     UnsafeCheckpointError,
 )
 from d2_efficient_ckpt.checkpoint.formats.registry import detect_format, open_checkpoint
-from tests.conftest import REPO
 from tests.helpers import hostile as h
+from tests.helpers.config import REPO
 from tests.helpers.loading import run_worker
 
 

@@ -12,7 +12,7 @@ from d2_efficient_ckpt.checkpoint.errors import CheckpointPolicyError
 from d2_efficient_ckpt.checkpoint.load import pipeline
 from d2_efficient_ckpt.checkpoint.restore import checkpointables
 from d2_efficient_ckpt.checkpoint.resume import choice
-from tests.checkpoint.conftest import build_tiny, trained_state
+from tests.helpers.models import build_tiny, trained_state
 
 
 class _Trainer:

@@ -9,7 +9,7 @@ from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointError, CheckpointPolicyError
 from d2_efficient_ckpt.checkpoint.report.load_report import LoadReport
 from d2_efficient_ckpt.checkpoint.report.policy import check_policy, enforce_policy
-from tests.conftest import train_on_toy
+from tests.helpers.config import train_on_toy
 
 PREDICTOR = "roi_heads.box_predictor.*"
 CKPT_LOGGER = "d2_efficient_ckpt.checkpoint.checkpointer"

@@ -8,7 +8,7 @@ import torch
 
 from d2_efficient_ckpt.checkpoint.restore.arena import HostArena
 from d2_efficient_ckpt.checkpoint.restore.state import materialize
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 _SET_RNG = r"""
 import torch

@@ -16,7 +16,7 @@ from torch.optim import lr_scheduler as sched
 
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
-from tests.checkpoint.conftest import assert_same_state
+from tests.helpers.models import assert_same_state
 
 OPTIMIZERS = {
     "SGD": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),

@@ -1,6 +1,5 @@
 """Asynchronous saves: same bytes as synchronous ones, one in flight, errors never lost."""
 
-import errno
 import os
 import resource
 import sys
@@ -11,28 +10,7 @@ import torch
 
 from d2_efficient_ckpt.checkpoint.save import CheckpointSaveError, check_full, read_record
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
-
-
-class FullDisk:
-    """An ``open`` whose files accept ``room`` bytes, then fail as a full disk does."""
-
-    def __init__(self, room):
-        self.room = room
-
-    def __call__(self, path, mode):
-        f = open(path, mode)
-        room = [self.room]
-        write = f.write
-
-        def limited(data):
-            n = memoryview(data).nbytes
-            if n > room[0]:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-            room[0] -= n
-            return write(data)
-
-        f.write = limited
-        return f
+from tests.helpers.faults import FullDisk
 
 
 def test_async_and_sync_saves_write_identical_files(make_ckpt, tmp_path):

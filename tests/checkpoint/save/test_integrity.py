@@ -10,7 +10,7 @@ import torch
 from d2_efficient_ckpt.checkpoint.save import IntegrityError, check_cheap, check_full, read_record
 from d2_efficient_ckpt.checkpoint.save.integrity import hash_file, record_path
 from d2_efficient_ckpt.checkpoint.save.write import write_checkpoint
-from tests.checkpoint.save.conftest import flip_byte
+from tests.helpers.faults import flip_byte
 
 
 def test_save_writes_a_record_that_matches(make_ckpt, tmp_path):

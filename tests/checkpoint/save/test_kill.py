@@ -18,7 +18,7 @@ from d2_efficient_ckpt.checkpoint.formats.registry import is_checkpoint_name
 from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
 from d2_efficient_ckpt.checkpoint.save import check_full, read_record
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 
 def _start(out, asynchronous, fmt):

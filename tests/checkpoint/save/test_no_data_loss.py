@@ -30,9 +30,9 @@ from d2_efficient_ckpt.checkpoint.save import write as write_module
 from d2_efficient_ckpt.checkpoint.save.integrity import record_path
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 from d2_efficient_ckpt.cli import main as cli
-from tests.checkpoint.conftest import build_tiny
-from tests.checkpoint.save.conftest import killed_at, perturb
-from tests.conftest import REPO
+from tests.helpers.config import REPO
+from tests.helpers.faults import killed_at, perturb
+from tests.helpers.models import build_tiny
 
 
 def _weights(model):
@@ -291,7 +291,7 @@ def test_load_report_is_never_written_through_a_planted_symlink(make_ckpt, tmp_p
 _SAVE_AND_EXIT = """
 import errno, os, sys, torch
 from d2_efficient_ckpt import build_checkpointer
-from tests.conftest import tiny_frcnn_cfg
+from tests.helpers.config import tiny_frcnn_cfg
 from detectron2.modeling import build_model
 
 def full_disk(path, mode):

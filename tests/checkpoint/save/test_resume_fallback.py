@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from tests.checkpoint.conftest import assert_same_weights
-from tests.checkpoint.save.conftest import flip_byte, perturb
+from tests.helpers.faults import flip_byte, perturb
+from tests.helpers.models import assert_same_weights
 
 
 def _two_saves(make_ckpt, directory):

@@ -34,7 +34,7 @@ from d2_efficient_ckpt.checkpoint.storage import atomic as atomic_module
 from d2_efficient_ckpt.checkpoint.storage.atomic import is_temp_file
 from d2_efficient_ckpt.checkpoint.storage.local import LocalStore
 from d2_efficient_ckpt.config import add_efficient_ckpt_config
-from tests.checkpoint.save.conftest import killed_at
+from tests.helpers.faults import killed_at
 
 # Where a save dies, by the call it is making (module, function, which call).
 KILLS = {

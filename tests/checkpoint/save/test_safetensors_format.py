@@ -15,7 +15,7 @@ from d2_efficient_ckpt.checkpoint.formats.training_safetensors import (
 )
 from d2_efficient_ckpt.checkpoint.save import SaveConfigError, SaveOptions, check_full
 from d2_efficient_ckpt.checkpoint.save.write import write_checkpoint
-from tests.checkpoint.conftest import assert_same_state
+from tests.helpers.models import assert_same_state
 
 
 def test_training_checkpoint_round_trips_without_pickle(model_and_opt, tmp_path):
@@ -81,7 +81,7 @@ def test_async_and_sync_safetensors_saves_are_identical(model_and_opt, tmp_path)
 
 
 def test_truncated_newest_safetensors_falls_back(make_ckpt, tmp_path):
-    from tests.checkpoint.save.conftest import perturb
+    from tests.helpers.faults import perturb
 
     ck = make_ckpt(tmp_path, **{"CHECKPOINT.SAVE.FORMAT": "safetensors"})
     opt = ck.checkpointables["optimizer"]

@@ -17,8 +17,8 @@ from d2_efficient_ckpt.checkpoint.save import check_full
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
-from tests.checkpoint.conftest import assert_same_state
-from tests.conftest import REPO, train_on_toy
+from tests.helpers.config import REPO, train_on_toy
+from tests.helpers.models import assert_same_state
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import os
 
 from d2_efficient_ckpt.cli import main
-from tests.checkpoint.save.conftest import flip_byte
+from tests.helpers.faults import flip_byte
 
 
 def _verify(capsys, path):

@@ -17,7 +17,7 @@ from detectron2.modeling import build_model
 from d2_efficient_ckpt import build_checkpointer
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
-from tests.conftest import tiny_frcnn_cfg, train_on_toy
+from tests.helpers.config import tiny_frcnn_cfg, train_on_toy
 
 
 def loop(out: str, asynchronous: bool, fmt: str = "pth") -> None:

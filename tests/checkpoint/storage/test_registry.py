@@ -17,7 +17,7 @@ from d2_efficient_ckpt.checkpoint.storage.registry import (
     store_for,
 )
 from d2_efficient_ckpt.errors import EXIT_BAD_INPUT, USER_ERRORS
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 
 class _RemoteHandler(PathHandler):

@@ -15,7 +15,7 @@ from d2_efficient_ckpt.checkpoint.storage.stale import (
     is_shared_storage,
     remove_stale_temp_files,
 )
-from tests.conftest import REPO
+from tests.helpers.config import REPO
 
 # A writer that creates its temporary file through atomic_file (so it holds the lock), says
 # so, and waits, as a save in flight does.
