@@ -186,8 +186,9 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
     def plan(self, path: str, **options: Any) -> LoadReport:
         """The report of loading ``path`` into the model, without reading any weights.
 
-        ``options`` are the keyword options of :meth:`load`; the model is left unchanged
-        and no report file is written (``diff --config-file`` uses it).
+        ``options`` are the keyword options of :meth:`load`; the model is left unchanged,
+        no report file is written, and a broken ``ON_MISMATCH error`` policy is recorded in
+        ``report.policy`` instead of raised (``diff --config-file`` uses it).
         """
         request = self._request(path, options, checkpointables=[], copy=False)
         report = run_load(self._open(request), self.model, {}, request, cfg=self.cfg).report

@@ -6,7 +6,6 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
-from ..checkpoint.errors import CheckpointPolicyError
 from ..checkpoint.keys.grouping import group_keys
 from ..checkpoint.report.compare import diff_state_dicts
 from ..checkpoint.report.policy import PolicyOutcome, policy_message
@@ -82,11 +81,9 @@ def diff_model(args, path: Optional[str], opts: List[str]) -> int:
     base, _, query = path.partition("?")
     local = local_file(base)
     checkpointer = EfficientDetectionCheckpointer(model, cfg=cfg)
-    try:  # the checkpointer explains the differences and applies the config's policy
-        checkpointer.load(local + ("?" + query if query else ""), [])
-    except CheckpointPolicyError:
-        pass  # reported below, as a failed check
-    report = checkpointer.last_report
+    # The checkpointer plans the load (no weights are read), explains the differences and
+    # applies the config's policy; a broken policy is reported below, as a failed check.
+    report = checkpointer.plan(local + ("?" + query if query else ""))
     outcome = PolicyOutcome.from_dict(report.policy)
     data = {
         "checkpoint": path,

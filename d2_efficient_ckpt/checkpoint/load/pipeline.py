@@ -11,7 +11,8 @@ kept between loads. :func:`run_load` runs the steps after the open step (see ``s
   host memory the restored state goes to, while the model copies.
 - **copy** writes the model's tensors from the file, with length-checked reads.
 - **report** builds the :class:`LoadReport` once, with its explanations, and applies
-  ``CHECKPOINT.LOAD.ON_MISMATCH`` once; a load the policy stops ends here.
+  ``CHECKPOINT.LOAD.ON_MISMATCH`` once; a load the policy stops ends here, and a plan
+  returns its report whatever the policy says.
 - **restore** restores the checkpointables.
 
 ``publish`` is called once per load with the report: when the policy stops it, or at the
@@ -280,11 +281,12 @@ def run_load(
     opts = request.options
     outcome = check_policy(report, opts.on_mismatch, opts.allow_mismatch)
     _log(report, opts.on_mismatch, log)
-    if outcome.broken or not request.copy:
+    if not request.copy:  # a plan: the report is the result, whatever the policy says
+        return LoadResult(report, outcome, dict(source.entries), _incompatible(report))
+    if outcome.broken:
         if publish is not None:
             publish(report)  # the load stops here; keep the evidence
         raise_if_broken(report, outcome)
-        return LoadResult(report, outcome, dict(source.entries), _incompatible(report))
     report.checkpointables = dict(planned.restore.statuses)
     report.map_location = str(planned.device)
     run_restore(planned.restore, planned.device, request.path, source.mapping, arena)
