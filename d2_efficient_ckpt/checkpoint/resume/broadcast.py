@@ -83,36 +83,35 @@ class _Slot(NamedTuple):
     position: int
 
 
-def _split(obj: Any, tensors: List[torch.Tensor]) -> Any:
-    # The structure with each tensor replaced by its slot; containers keep their type.
-    if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        return _Slot(len(tensors) - 1)
-    if isinstance(obj, dict):
-        out = copy.copy(obj)  # OrderedDict, defaultdict (its factory), Counter
-        out.clear()
-        out.update((k, _split(v, tensors)) for k, v in obj.items())
-        return out
-    if isinstance(obj, list):
-        return [_split(v, tensors) for v in obj]
-    if type(obj) is tuple:
-        return tuple(_split(v, tensors) for v in obj)
-    return obj
-
-
-def _join(obj: Any, tensors: List[torch.Tensor]) -> Any:
-    if isinstance(obj, _Slot):
-        return tensors[obj.position]
+def _map_leaves(obj: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
+    """``obj`` with every value of type ``kind`` replaced by ``fn(value)``; dicts (an
+    OrderedDict, a defaultdict with its factory, a Counter), lists and tuples keep their
+    type."""
+    if isinstance(obj, kind):
+        return fn(obj)
     if isinstance(obj, dict):
         out = copy.copy(obj)
         out.clear()
-        out.update((k, _join(v, tensors)) for k, v in obj.items())
+        out.update((k, _map_leaves(v, kind, fn)) for k, v in obj.items())
         return out
     if isinstance(obj, list):
-        return [_join(v, tensors) for v in obj]
+        return [_map_leaves(v, kind, fn) for v in obj]
     if type(obj) is tuple:
-        return tuple(_join(v, tensors) for v in obj)
+        return tuple(_map_leaves(v, kind, fn) for v in obj)
     return obj
+
+
+def _split(obj: Any, tensors: List[torch.Tensor]) -> Any:
+    # The structure with each tensor replaced by its slot; the tensors go to ``tensors``.
+    def slot(t: torch.Tensor) -> _Slot:
+        tensors.append(t)
+        return _Slot(len(tensors) - 1)
+
+    return _map_leaves(obj, torch.Tensor, slot)
+
+
+def _join(skeleton: Any, tensors: List[torch.Tensor]) -> Any:
+    return _map_leaves(skeleton, _Slot, lambda s: tensors[s.position])
 
 
 def broadcast_state(state: Any, device: torch.device) -> Any:
