@@ -15,10 +15,10 @@ def test_no_test_module_imports_a_conftest_or_another_test_module():
                 continue
             path = os.path.join(folder, name)
             for node in ast.walk(ast.parse(open(path).read())):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    last = node.module.split(".")[-1]
-                    if node.module.startswith("tests.") and (
-                        last == "conftest" or last.startswith("test_")
-                    ):
-                        bad.append(f"{os.path.relpath(path, TESTS)}: from {node.module}")
+                if isinstance(node, ast.ImportFrom):
+                    # "from .conftest import x", "from ..test_y import z", "from tests.a import b"
+                    names = (node.module or "").split(".") + [a.name for a in node.names]
+                    ours = node.level > 0 or names[0] == "tests"
+                    if ours and any(n == "conftest" or n.startswith("test_") for n in names):
+                        bad.append(f"{os.path.relpath(path, TESTS)}: line {node.lineno}")
     assert not bad, "import from tests/helpers/ instead:\n" + "\n".join(sorted(bad))

@@ -7,7 +7,6 @@ extension point for reading.
 """
 
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -21,6 +20,7 @@ from .load.report_file import write_report_json
 from .load.source import (
     CheckpointDict,
     Source,
+    open_request,
     open_source,
     overrides,
     parse_checkpoint_url,
@@ -33,7 +33,6 @@ from .restore.state_dict_rules import default_checkpointables
 from .resume.broadcast import load_on_main
 from .resume.mixin import ResumeMixin
 from .resume.resume import every_rank_reads, resume_from_directory
-from .save import check_cheap
 from .save.mixin import SavingMixin
 from .storage.registry import store_for
 
@@ -71,8 +70,7 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
         cfg=None,
         **checkpointables: Any,
     ):
-        # A DDP-wrapped model means every rank loads together, so a collective check is safe;
-        # a bare model may be loaded by one rank alone (e.g. for visualization).
+        # DDP: every rank loads together (collective checks); a bare model may load alone.
         self._collective = isinstance(model, DistributedDataParallel)
         if save_dir:
             store_for(save_dir, "save_dir")  # refused before anything is written there
@@ -85,10 +83,7 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
 
     @classmethod
     def from_config(cls, cfg, model, save_dir: str = "", **checkpointables: Any) -> Dict[str, Any]:
-        """The constructor's keyword arguments for ``cfg``, as detectron2's ``from_config``.
-
-        ``build_checkpointer`` calls ``cls(**cls.from_config(cfg, model, save_dir, ...))``.
-        """
+        """The constructor's keyword arguments for ``cfg`` (``build_checkpointer`` uses it)."""
         return {"model": model, "save_dir": save_dir, "cfg": cfg, **checkpointables}
 
     # ------------------------------------------------------------------ loading
@@ -186,9 +181,8 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
     def plan(self, path: str, **options: Any) -> LoadReport:
         """The report of loading ``path`` into the model, without reading any weights.
 
-        ``options`` are the keyword options of :meth:`load`; the model is left unchanged,
-        no report file is written, and a broken ``ON_MISMATCH error`` policy is recorded in
-        ``report.policy`` instead of raised (``diff --config-file`` uses it).
+        ``options`` are :meth:`load`'s; the model is unchanged, no report file is written,
+        and a broken policy is recorded in ``report.policy``, not raised (``diff`` uses it).
         """
         request = self._request(path, options, checkpointables=[], copy=False)
         report = run_load(self._open(request), self.model, {}, request, cfg=self.cfg).report
@@ -225,24 +219,16 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
         return result.extra
 
     def _open(self, request: LoadRequest) -> Source:
-        if os.path.isfile(request.path):  # a file this package saved: its size against its record
-            check_cheap(request.path, require_record=False)
-        if not overrides(type(self), EfficientDetectionCheckpointer, "_load_file"):
-            source = open_source(request.path, request.options)
-        else:
-            source = source_of(request.path, self._load_file(request.path), type(self).__name__)
-        if request.matching_heuristics:
-            source.entries["matching_heuristics"] = True  # returned, as by the stock class
-        return source
+        # The built-in reader, or a subclass's _load_file (fvcore's extension point).
+        own = overrides(type(self), EfficientDetectionCheckpointer, "_load_file")
+        return open_request(request, self.load_options, self._load_file if own else None)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        """fvcore's hook: the checkpoint's entries (``model`` included), read lazily and
-        safely with the ``CHECKPOINT.LOAD`` options."""
+        """fvcore's hook: the file's entries, read lazily and safely (``CHECKPOINT.LOAD``)."""
         return CheckpointDict.of(open_source(filename, self.load_options))
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
-        """fvcore's hook, for callers that run fvcore's steps themselves: copy
-        ``checkpoint["model"]`` (popped) into the model and report it."""
+        """fvcore's hook, for callers of fvcore's steps: copy ``checkpoint["model"]`` in."""
         path = getattr(checkpoint, "path", "")
         request = LoadRequest(path, self.load_options)
         result = run_load(source_of(path, checkpoint, type(self).__name__), self.model, {}, request)
@@ -260,6 +246,5 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
     @property
     def restored_iteration(self) -> bool:
         """Whether the last load restored the trainer's iteration counter."""
-        if self.last_report is None:
-            return False
-        return self.last_report.checkpointables.get("trainer.iteration") == "restored"
+        parts = self.last_report.checkpointables if self.last_report is not None else {}
+        return parts.get("trainer.iteration") == "restored"

@@ -12,8 +12,7 @@ from safetensors.torch import save_file
 from d2_efficient_ckpt import EfficientDetectionCheckpointer, build_checkpointer
 from d2_efficient_ckpt.checkpoint.errors import CheckpointFormatError, UnsafeCheckpointError
 from d2_efficient_ckpt.checkpoint.formats.safetensors import SafetensorsStateDict
-
-from .conftest import assert_same_weights, trained_state
+from tests.helpers.models import assert_same_weights, caffe2_name, trained_state
 
 
 def test_model_only_load_matches_stock(saved, fresh):
@@ -364,22 +363,6 @@ def test_failure_midway_says_model_is_partly_loaded(tmp_path):
     assert torch.equal(dst[0].weight, src[0].weight)
 
 
-def _caffe2_name(key):
-    """detectron2 ResNet key -> Caffe2/Detectron1 blob name (conv weights and norm affine)."""
-    parts = key.split(".")
-    if parts[0] == "stem":
-        base, rest = "conv1", parts[2:]
-        bn = "res_conv1_bn"
-    else:
-        conv = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}
-        branch = "branch1" if parts[2] == "shortcut" else conv[parts[2]]
-        base = f"{parts[0]}_{parts[1]}_{branch}"
-        bn, rest = base + "_bn", parts[3:]
-    if rest == ["weight"]:
-        return base + "_w"
-    return {("norm", "weight"): bn + "_s", ("norm", "bias"): bn + "_b"}.get(tuple(rest))
-
-
 def test_caffe2_zoo_pkl_matches_stock(tmp_path, saved, fresh):
     import pickle
 
@@ -387,7 +370,7 @@ def test_caffe2_zoo_pkl_matches_stock(tmp_path, saved, fresh):
     prefix = "backbone.bottom_up."
     blobs = {}
     for k, v in model.state_dict().items():
-        name = _caffe2_name(k[len(prefix) :]) if k.startswith(prefix) else None
+        name = caffe2_name(k[len(prefix) :]) if k.startswith(prefix) else None
         if name:
             blobs[name] = v.numpy()
     blobs["conv1_w_momentum"] = np.zeros(1, np.float32)  # dropped, as detectron2 does

@@ -41,3 +41,19 @@ def assert_same_state(a, b, path="state"):
             assert_same_state(x, y, f"{path}/{i}")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def caffe2_name(key):
+    """detectron2 ResNet key -> Caffe2/Detectron1 blob name (conv weights and norm affine)."""
+    parts = key.split(".")
+    if parts[0] == "stem":
+        base, rest = "conv1", parts[2:]
+        bn = "res_conv1_bn"
+    else:
+        conv = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}
+        branch = "branch1" if parts[2] == "shortcut" else conv[parts[2]]
+        base = f"{parts[0]}_{parts[1]}_{branch}"
+        bn, rest = base + "_bn", parts[3:]
+    if rest == ["weight"]:
+        return base + "_w"
+    return {("norm", "weight"): bn + "_s", ("norm", "bias"): bn + "_b"}.get(tuple(rest))

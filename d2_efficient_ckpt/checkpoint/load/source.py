@@ -9,19 +9,22 @@ reads; one that returns another dict is read eagerly, and :func:`source_of` says
 """
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from ..errors import CheckpointConfigError, CheckpointFormatError
 from ..formats import OpenedCheckpoint, open_checkpoint
 from ..options import LoadOptions
 from ..restore.parts import trainer_entry_problem
+from ..save.integrity import check_cheap
 from ..storage.mapped import MappedFile
 
 __all__ = [
     "CheckpointDict",
     "Source",
+    "open_request",
     "open_source",
     "overrides",
     "parse_checkpoint_url",
@@ -73,6 +76,38 @@ class CheckpointDict(dict):
         out = cls({"model": source.state, **source.entries})
         out.path, out.format, out.mapping = source.path, source.format, source.mapping
         return out
+
+
+def open_request(
+    request: Any, config: LoadOptions, load_file: Optional[Callable[[str], Any]] = None
+) -> Source:
+    """The open step of a :class:`~.pipeline.LoadRequest`.
+
+    Args:
+        request: the load's request (its path is local).
+        config: the checkpointer's ``CHECKPOINT.LOAD`` options, which ``load_file`` reads with.
+        load_file: a subclass's ``_load_file``, or None for the built-in reader.
+
+    Raises:
+        CheckpointConfigError: the call asks for ``weights_only`` while ``load_file`` reads
+            with ``WEIGHTS_ONLY False``: never less safely than asked.
+    """
+    if os.path.isfile(request.path):  # a file this package saved: its size against its record
+        check_cheap(request.path, require_record=False)
+    if load_file is None:
+        source = open_source(request.path, request.options)
+    elif request.options.weights_only and not config.weights_only:
+        owner = getattr(load_file, "__qualname__", "_load_file")
+        raise CheckpointConfigError(
+            f"load(weights_only=True) cannot be honoured: {owner} reads with "
+            "CHECKPOINT.LOAD.WEIGHTS_ONLY False. Set it True in the config."
+        )
+    else:
+        reader = getattr(load_file, "__qualname__", "_load_file").rsplit(".", 1)[0]
+        source = source_of(request.path, load_file(request.path), reader)
+    if request.matching_heuristics:
+        source.entries["matching_heuristics"] = True  # returned, as by the stock class
+    return source
 
 
 def parse_checkpoint_url(path: str) -> Tuple[str, bool]:

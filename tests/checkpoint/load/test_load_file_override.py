@@ -70,3 +70,13 @@ def test_an_override_that_returns_no_dict_is_a_clean_error(saved):
 
     with pytest.raises(CheckpointFormatError, match="_load_file returned a list"):
         Broken(nn.Sequential(nn.Linear(8, 8))).load(saved[0])
+
+
+def test_an_override_never_reads_less_safely_than_the_call_asks(saved):
+    from d2_efficient_ckpt.checkpoint.errors import CheckpointConfigError
+    from tests.helpers.config import tiny_frcnn_cfg
+
+    cfg = tiny_frcnn_cfg(**{"CHECKPOINT.LOAD.WEIGHTS_ONLY": False})
+    ck = RenamesInPlace(nn.Sequential(nn.Linear(8, 8)), cfg=cfg)
+    with pytest.raises(CheckpointConfigError, match="WEIGHTS_ONLY False"):
+        ck.load(saved[0], weights_only=True)

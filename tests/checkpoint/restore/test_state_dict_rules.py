@@ -26,9 +26,7 @@ from d2_efficient_ckpt.checkpoint.restore.state_dict_rules import (
     resizable_keys,
     tied_keys,
 )
-
-from ..conftest import assert_same_weights, build_tiny, trained_state
-from ..test_loading import _caffe2_name
+from tests.helpers.models import assert_same_weights, build_tiny, caffe2_name, trained_state
 
 
 def stock_load(model, path, **kwargs):
@@ -299,7 +297,7 @@ def test_caffe2_backbone_without_running_stats_matches_stock(tiny_cfg, tmp_path)
     prefix = "backbone.bottom_up."
     blobs = {}
     for k, v in src.state_dict().items():
-        name = _caffe2_name(k[len(prefix) :]) if k.startswith(prefix) else None
+        name = caffe2_name(k[len(prefix) :]) if k.startswith(prefix) else None
         if name:
             blobs[name] = v.numpy()
     with open(tmp_path / "R-18.pkl", "wb") as f:
