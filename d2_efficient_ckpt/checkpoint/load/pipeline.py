@@ -88,6 +88,7 @@ class Planned:
         keys: which checkpoint key goes into which model key.
         state: the model state the plan refers to (renamed under the matching heuristics).
         checkpoint_keys: the model keys as stored, for the explanations ([] when renamed).
+        model_state: the model's state dict, taken once per load (the report counts with it).
         model_shapes: the model's key shapes, for the explanations.
         metadata: module versions for ``load_state_dict``, following renamed keys.
         restore: the checkpointables' side.
@@ -97,6 +98,7 @@ class Planned:
     keys: KeyPlan
     state: Mapping[str, Any]
     checkpoint_keys: List[str]
+    model_state: Dict[str, Any]
     model_shapes: Dict[str, Tuple[int, ...]]
     metadata: Any
     restore: RestorePlan
@@ -154,6 +156,7 @@ def plan_load(
         keys=keys,
         state=state,
         checkpoint_keys=checkpoint_keys,
+        model_state=model_sd,
         model_shapes={k: tuple(v.shape) for k, v in model_sd.items() if not lazy(v)},
         metadata=metadata,
         restore=plan_restore(source.entries, checkpointables, request.wanted),
@@ -211,7 +214,7 @@ def build_report(
 ) -> LoadReport:
     """The report step's report: the model side of the load, explained."""
     keys = planned.keys
-    model_sd = model.state_dict()
+    model_sd = planned.model_state
     tied = tied_keys(model, model_sd)
     missing, tied_to, filled = resolve_missing(keys.missing, loaded, model, planned.metadata, tied)
     # pixel_mean/std come from the config anyway; cell_anchors became non-persistent
