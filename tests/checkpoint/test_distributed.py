@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from d2_efficient_ckpt import build_checkpointer
 from tests.helpers.config import tiny_frcnn_cfg
+from tests.helpers.models import build_tiny, trained_state
 
 
 def _worker(path, out_dir):
@@ -46,12 +47,8 @@ def test_two_ranks_each_restore(tmp_path, monkeypatch):
     # launch() picks NCCL and one GPU per rank whenever the workers see a GPU; hidden from
     # them, they use gloo on the CPU, so this runs the same on a one-GPU host.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    torch.manual_seed(0)
-    model = build_model(tiny_frcnn_cfg())
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
+    model = build_tiny(tiny_frcnn_cfg)
+    opt = trained_state(model)
     DetectionCheckpointer(model, str(tmp_path), optimizer=opt).save("model_final", iteration=3)
     path = str(tmp_path / "model_final.pth")
     launch(_worker, 2, dist_url="auto", args=(path, str(tmp_path)))
@@ -101,12 +98,8 @@ def _gpu_worker(path, out_dir):
     torch.cuda.device_count() < 2, reason="needs 2 GPUs: per-rank CUDA restore not tested"
 )
 def test_two_gpu_ranks_restore_onto_their_own_device(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(tiny_frcnn_cfg())
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
+    model = build_tiny(tiny_frcnn_cfg)
+    opt = trained_state(model)
     DetectionCheckpointer(model, str(tmp_path), optimizer=opt).save("model_final", iteration=3)
     launch(_gpu_worker, 2, dist_url="auto", args=(str(tmp_path / "model_final.pth"), str(tmp_path)))
     for rank in (0, 1):
@@ -148,12 +141,8 @@ def _resume_worker(dirs, broadcast, out_dir):
 @pytest.mark.parametrize("broadcast", [True, False])
 def test_the_checkpointer_alone_resumes_from_the_main_process(tmp_path, monkeypatch, broadcast):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    torch.manual_seed(0)
-    model = build_model(tiny_frcnn_cfg())
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
+    model = build_tiny(tiny_frcnn_cfg)
+    opt = trained_state(model)
     dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
     build_checkpointer(tiny_frcnn_cfg(), model, dirs[0], optimizer=opt).save("model_0000003")
     os.makedirs(dirs[1])
