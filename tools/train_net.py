@@ -25,7 +25,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from d2_efficient_ckpt import build_checkpointer
-from d2_efficient_ckpt.checkpoint.storage.registry import store_for
+from d2_efficient_ckpt.checkpoint.build import checkpoint_dir
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
@@ -42,7 +42,7 @@ from d2_efficient_ckpt.errors import (
 def setup(args):
     """Create the config and register the datasets it declares, in this process."""
     cfg = load_config(args.config_file, args.opts)
-    store_for(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # refused before default_setup writes there
+    checkpoint_dir(cfg)  # a URL as OUTPUT_DIR is refused before default_setup writes there
     setup_logger(name="d2_efficient_ckpt", distributed_rank=comm.get_rank())
     # Registration happens here, inside each launched worker, so every process sees the
     # datasets before models and loaders are built.
@@ -56,7 +56,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        build_checkpointer(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        build_checkpointer(cfg, model, save_dir=checkpoint_dir(cfg)).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -96,7 +96,7 @@ def _preflight(args):
     # Config and dataset mistakes surface here, in the launching process, as one clear
     # error line instead of a traceback from inside a spawned worker.
     cfg = load_config(args.config_file, args.opts)
-    store_for(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    checkpoint_dir(cfg)
     prepare_datasets(cfg)
     if str(cfg.MODEL.DEVICE).startswith("cpu"):
         # launch() picks NCCL and one GPU per process whenever it sees a GPU; CPU training

@@ -7,9 +7,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
-from .errors import UnknownCheckpointerError
+from .errors import CheckpointConfigError, UnknownCheckpointerError
+from .storage.registry import scheme_of, store_for
 
-__all__ = ["CHECKPOINTER_REGISTRY", "build_checkpointer"]
+__all__ = ["CHECKPOINTER_REGISTRY", "build_checkpointer", "checkpoint_dir"]
 
 CHECKPOINTER_REGISTRY = Registry("CHECKPOINTER")
 CHECKPOINTER_REGISTRY.__doc__ = """
@@ -56,3 +57,26 @@ def build_checkpointer(
     if hasattr(cls, "from_config"):
         return cls(**cls.from_config(cfg, model, save_dir, **checkpointables))
     return cls(model, save_dir, cfg=cfg, **checkpointables)
+
+
+def checkpoint_dir(cfg: CfgNode) -> str:
+    """Where a run's checkpoints go: ``CHECKPOINT.DIR``, or ``OUTPUT_DIR`` when it is "".
+
+    ``OUTPUT_DIR`` must be a local folder: detectron2 writes its logs, metrics and events
+    there with plain file calls. ``CHECKPOINT.DIR`` may be a URL of a store
+    (``s3://bucket/prefix``). Both are checked before anything is built or written.
+
+    Raises:
+        CheckpointConfigError: ``OUTPUT_DIR`` is a URL, or ``CHECKPOINT.DIR`` is on storage
+            no store handles.
+    """
+    output = cfg.OUTPUT_DIR
+    if scheme_of(output) is not None:
+        raise CheckpointConfigError(
+            f"OUTPUT_DIR {output} is a URL, but detectron2 writes its logs, metrics and events "
+            "there as local files. Nothing was written. Set OUTPUT_DIR to a local folder and "
+            f"put the checkpoints there with CHECKPOINT.DIR {output}."
+        )
+    directory = cfg.CHECKPOINT.get("DIR", "") or output
+    store_for(directory, "CHECKPOINT.DIR" if directory != output else "OUTPUT_DIR")
+    return directory

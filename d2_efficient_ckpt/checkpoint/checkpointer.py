@@ -34,7 +34,7 @@ from .resume.broadcast import load_on_main
 from .resume.mixin import ResumeMixin
 from .resume.resume import every_rank_reads, resume_from_directory
 from .save.mixin import SavingMixin
-from .storage.registry import store_for
+from .storage.registry import is_remote, store_for
 
 __all__ = ["EfficientDetectionCheckpointer"]
 
@@ -199,7 +199,7 @@ class EfficientDetectionCheckpointer(ResumeMixin, SavingMixin, DetectionCheckpoi
                 self.checkpointables, opts.checkpointables, LoadOptions().checkpointables
             )
         path, heuristics = parse_checkpoint_url(path)
-        if path:  # a local file for the path (URLs are fetched)
+        if path and not is_remote(path):  # a local file (iopath's URLs are fetched)
             path = self.path_manager.get_local_path(path)
         return LoadRequest(path, opts, tuple(checkpointables), heuristics, **fields)
 

@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointPolicyError",
     "UnsafeCheckpointError",
     "UnknownCheckpointerError",
+    "RemoteStorageError",
 ]
 
 
@@ -35,6 +36,26 @@ class SaveConfigError(CheckpointError, ValueError):
     Also raised when the setting cannot store a value of the state (a pickle-free format and
     an object that is not data), wherever that is found.
     """
+
+
+class RemoteStorageError(CheckpointError):
+    """A remote store refused or failed a request: the message names the URL and the fix.
+
+    Not an ``OSError`` on purpose: a store that cannot be reached is not a broken checkpoint,
+    so a resume stops here instead of passing over every checkpoint as damaged.
+
+    Attributes:
+        url: the object or prefix.
+        code: the store's error code (``AccessDenied``, ``NoSuchBucket``, ...) or the kind
+            of failure (``timeout``, ``connection``).
+    """
+
+    def __init__(self, url: str, code: str, problem: str, fix: str = ""):
+        self.url, self.code = url, code
+        msg = f"Object storage request for '{url}' failed: {problem}"
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
 
 
 class UnknownCheckpointerError(CheckpointConfigError, KeyError):

@@ -50,6 +50,8 @@ class LoadOptions:
         allow_mismatch: glob patterns of keys whose incompatibility ``"error"`` tolerates.
         broadcast_from_main: under several processes, ``resume_or_load`` reads on the main
             process alone and sends the state to the other ranks.
+        remote_cache_dir: a local folder keeping whole copies of objects read from a
+            store, by ETag ("" reads them in ranges every time).
     """
 
     include: Tuple[str, ...] = ()
@@ -63,6 +65,7 @@ class LoadOptions:
     on_mismatch: str = "warn"
     allow_mismatch: Tuple[str, ...] = ()
     broadcast_from_main: bool = False
+    remote_cache_dir: str = ""
 
     @classmethod
     def from_cfg(cls, cfg) -> "LoadOptions":
@@ -82,6 +85,7 @@ class LoadOptions:
             on_mismatch=str(ld.get("ON_MISMATCH", "warn")),
             allow_mismatch=tuple(ld.get("ALLOW_MISMATCH", ())),
             broadcast_from_main=bool(ld.get("BROADCAST_FROM_MAIN", False)),
+            remote_cache_dir=str(ld.get("REMOTE_CACHE_DIR", "")),
         )
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from ..checkpoint.formats.registry import CHECKPOINT_SUFFIXES, model_writer_for,
 from ..checkpoint.save.errors import CheckpointSaveError
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint
+from ..checkpoint.storage.registry import is_remote
 from ..errors import EXIT_BAD_INPUT, UserError
 
 EXIT_OK = 0
@@ -83,6 +84,8 @@ def local_file(path: str) -> str:
     Raises:
         CliError: the file does not exist.
     """
+    if is_remote(path):  # an object: read in ranges where the format allows
+        return path
     if "://" in path:
         from detectron2.utils.file_io import PathManager
 

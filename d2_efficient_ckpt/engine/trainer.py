@@ -11,7 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import build_checkpointer
-from ..checkpoint.storage.registry import store_for
+from ..checkpoint.build import checkpoint_dir
 from .ddp import wrap_model
 from .loader import make_resumable
 from .sampling import SamplingState
@@ -50,7 +50,7 @@ class Trainer(DefaultTrainer):
         # create_ddp_model gives a CPU model device_ids, which DDP refuses) and the
         # configured checkpointer built at once.
         TrainerBase.__init__(self)
-        store_for(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # refused before anything is built or written
+        directory = checkpoint_dir(cfg)  # refused before anything is built or written
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -67,9 +67,7 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, resumable or data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = build_checkpointer(
-            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = build_checkpointer(cfg, model, directory, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -20,6 +20,7 @@ import stat
 from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 from ..errors import CheckpointFormatError
+from ..storage.registry import is_remote, open_bytes, store_for
 from .opened import OpenedCheckpoint
 from .pycls import SUFFIX as PYCLS_SUFFIX
 from .pycls import open_pycls
@@ -29,6 +30,7 @@ from .torch_file import LEGACY, ZIP, container_of, open_torch, read_head, write_
 from .torch_file import SUFFIX as TORCH_SUFFIX
 from .torch_file import SUFFIXES as TORCH_SUFFIXES
 from .torch_file import write_model as write_torch_model
+from .torch_legacy import HEAD as LEGACY_HEAD
 from .torch_zip import is_complete_zip
 from .training_safetensors import open_safetensors, write_training_safetensors
 from .zoo_pickle import SUFFIX as ZOO_SUFFIX
@@ -188,6 +190,9 @@ def iteration_from_name(name: str) -> int:
 
 def _check_is_file(path: str) -> None:
     """Raise the loader's error for a path that is not a non-empty regular file."""
+    if is_remote(path):
+        _check_is_object(path)
+        return
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -212,12 +217,32 @@ def _check_is_file(path: str) -> None:
         )
 
 
+def _check_is_object(url: str) -> None:
+    try:
+        size = store_for(url).info(url).size
+    except FileNotFoundError:
+        raise CheckpointFormatError(
+            url, "there is no such object.", "Check MODEL.WEIGHTS or the URL given to load()."
+        ) from None
+    if size == 0:
+        raise CheckpointFormatError(
+            url, "the object is empty.", "It was probably cut off during a save."
+        )
+
+
 def _sniff_torch(path: str) -> str:
     """The torch container of a file without a telling suffix, from its first bytes."""
     try:
-        head = read_head(path)
-        container = container_of(head)
-        truncated = container == ZIP and not is_complete_zip(path)
+        if is_remote(path):
+            with open_bytes(path) as source:
+                head = source.read(0, min(source.size, len(LEGACY_HEAD)))
+                container = container_of(head)
+                truncated = False  # the open reads the directory, and says so, by name
+        else:
+            head = read_head(path)
+            container = container_of(head)
+            with open_bytes(path) as source:
+                truncated = container == ZIP and not is_complete_zip(source)
     except OSError as e:
         raise CheckpointFormatError(path, f"it cannot be read ({e.strerror}).") from None
     if truncated:
@@ -238,6 +263,9 @@ def _sniff_torch(path: str) -> str:
 def detect_format(path: str) -> str:
     """Tell a checkpoint's format from its suffix, else from its first bytes.
 
+    Args:
+        path: a local file, or the URL of an object in a registered store.
+
     Returns:
         ``safetensors``, ``pkl``, ``pyth``, ``torch-zip`` or ``torch-legacy``.
 
@@ -255,7 +283,8 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
     """Open ``path`` without reading more of it than its structure.
 
     Args:
-        path: a local file.
+        path: a local file, or the URL of an object in a registered store. A torch zip
+            object read safely is read lazily, in ranges; any other is downloaded first.
         mmap: memory-map torch zip files instead of reading them whole.
         weights_only: refuse pickles that need globals outside the allowlist.
 
@@ -268,4 +297,7 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
         UnsafeCheckpointError: the file needs globals outside the allowlist.
     """
     fmt = detect_format(path)
+    if is_remote(path) and not (fmt == ZIP and weights_only):
+        local = store_for(path).local_path(path)
+        return _OPENERS[fmt](local, fmt, mmap=mmap, weights_only=weights_only)
     return _OPENERS[fmt](path, fmt, mmap=mmap, weights_only=weights_only)

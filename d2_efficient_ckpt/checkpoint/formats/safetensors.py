@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 from ..errors import CheckpointError, CheckpointFormatError
+from ..storage.local import LocalSource
 from ..storage.mapped import FileIdentity, FileReader, MappedFile, open_exact
 from .entries import TensorEntry, byte_progress
 from .messages import short_text
@@ -86,9 +87,10 @@ class SafetensorsStateDict(LazyStateDict):
         for (_, end, key), (start, _, other) in zip(spans, spans[1:]):
             if start < end:
                 raise _bad_header(path, f"tensors '{key}' and '{other}' overlap")
-        storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
-        self.mapped = MappedFile(path, storage.data_ptr(), size, identity)
-        self.mapped.check_unchanged()
+        source = LocalSource(path, identity)
+        source.close()  # only its identity is kept: readers reopen it
+        storage = source.address_space()
+        self.mapped = MappedFile(source, storage.data_ptr(), size)
         # torch's stubs type set_() as taking a typed storage; an untyped one is what it takes.
         self._bytes = torch.empty(0, dtype=torch.uint8).set_(storage)  # type: ignore[arg-type]
 

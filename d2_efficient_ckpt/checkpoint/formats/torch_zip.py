@@ -9,19 +9,27 @@ Tensors view one private mapping of the file (as ``torch.load(mmap=True)`` does)
 reads only the storages it uses. Nothing in this package copies from that mapping: data is
 read with ``pread`` calls that check their length (:class:`~..storage.mapped.FileReader`), so a
 file that shrinks during a load ends in an error, not in ``SIGBUS``.
+
+The archive is read through a :class:`~..storage.source.ByteSource`. On a remote store a
+round trip per record header would cost more than the weights, so there each record's start
+is taken from the layout the central directory gives (records follow each other), and its
+local header is checked, as locally, before any byte of its data is used
+(:meth:`~..storage.source.ByteSource.add_check`): a load reads only the headers of the
+records it uses, fetched together with their data.
 """
 
-import os
 import struct
 import sys
 import zipfile
 import zlib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..errors import CheckpointFormatError
-from ..storage.mapped import FileIdentity, MappedFile, open_exact, read_exact
+from ..storage.mapped import MappedFile
+from ..storage.registry import open_bytes
+from ..storage.source import ByteSource
 from .safe_pickle import MalformedPickle, UnsafeGlobal, pickle_error, unpickle
 from .safe_pickle.allowlist import StorageRef, Token, itemsize, numpy_globals, torch_globals
 
@@ -42,47 +50,59 @@ def find_global(module: str, name: str) -> Any:
         raise UnsafeGlobal(f"{module}.{name}") from None
 
 
-def is_complete_zip(path: str) -> bool:
-    """Whether a file that starts like a zip archive has its central directory (at its end:
-    a truncated archive has none).
+def is_complete_zip(source: ByteSource) -> bool:
+    """Whether bytes that start like a zip archive have its central directory (at their
+    end: a truncated archive has none).
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the bytes cannot be read.
     """
     try:
-        with os.fdopen(open_exact(path), "rb") as f:  # never a FIFO swapped in since
-            return zipfile.is_zipfile(f)
-    except zipfile.BadZipFile:  # raised for some damaged end records (e.g. "multi-disk")
+        return zipfile.is_zipfile(source.fileobj())
+    except (zipfile.BadZipFile, CheckpointFormatError):  # e.g. a "multi-disk" end record
         return False
 
 
-def _records(path: str, fd: int, size: int) -> Tuple[str, Records]:
+def _records(source: ByteSource) -> Tuple[str, Records]:
     """``(prefix, {name: (data offset, size, crc)})`` of the archive, all checked."""
+    path = source.name
+    if source.remote:
+        # Its end holds the central directory, its start data.pkl: two concurrent fetches.
+        edge = min(source.size, 256 << 10)
+        source.advise([(0, edge), (source.size - edge, edge)])
     try:
-        with open(fd, "rb", closefd=False) as f, zipfile.ZipFile(f) as zf:
+        with zipfile.ZipFile(source.fileobj()) as zf:
             infos = zf.infolist()
+            directory = zf.start_dir
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CheckpointFormatError(
             path,
             f"the torch zip archive is truncated or corrupt ({e}).",
             "The save was probably interrupted; load an earlier checkpoint.",
         ) from None
-    if hasattr(os, "posix_fadvise"):
+    for info in infos:
+        _check_record(path, source.size, info)
+    if source.remote:
+        starts = _starts_from_layout(source, infos, directory)
+    else:
         # The headers are announced together, so that a cold file costs one batch of reads
-        # instead of one round trip per record (``fd`` reads exactly, see ``open_exact``).
-        for info in infos:
-            os.posix_fadvise(
-                fd, info.header_offset, 30 + len(info.filename) + 64, os.POSIX_FADV_WILLNEED
-            )
+        # instead of one round trip per record (the source reads exactly, see open_exact).
+        source.advise([(i.header_offset, 30 + len(i.filename) + 64) for i in infos])
+        starts = [_record_start(source, info) for info in infos]
     records: Records = {}
     spans = []
-    for info in infos:
+    for info, start in zip(infos, starts):
         name = info.filename
         if name in records:
             raise CheckpointFormatError(
                 path, f"the archive holds the record '{name}' twice.", "The file is corrupt."
             )
-        start = _record_start(path, fd, size, info)
+        if start + info.file_size > source.size:
+            raise CheckpointFormatError(
+                path,
+                f"record '{name}' runs past the end of the file.",
+                "The file is truncated; load an earlier checkpoint.",
+            )
         records[name] = (start, info.file_size, info.CRC)
         spans.append((info.header_offset, start + info.file_size, name))
     spans.sort()
@@ -99,8 +119,8 @@ def _records(path: str, fd: int, size: int) -> Tuple[str, Records]:
     return pickles[0][: -len("data.pkl")], records
 
 
-def _record_start(path: str, fd: int, size: int, info: zipfile.ZipInfo) -> int:
-    """Where the bytes of one record start, after checking it against its local header."""
+def _check_record(path: str, size: int, info: zipfile.ZipInfo) -> None:
+    """What the central directory says of one record, checked before any of it is read."""
     name = info.filename
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
         raise CheckpointFormatError(
@@ -112,21 +132,78 @@ def _record_start(path: str, fd: int, size: int, info: zipfile.ZipInfo) -> int:
         raise CheckpointFormatError(
             path, f"record '{name}' starts outside the file.", "The file is corrupt."
         )
+    if info.file_size != info.compress_size:
+        raise CheckpointFormatError(path, f"record '{name}' has two sizes.", "The file is corrupt.")
+
+
+def _header_check(path: str, info: zipfile.ZipInfo, start: int):
+    """A check of a record's local header bytes ``[header_offset, start)``."""
+    name = info.filename
     encoded = name.encode("utf-8", "surrogateescape")
-    head = read_exact(fd, info.header_offset, 30 + len(encoded), path)
-    magic, name_len, extra_len = _LOCAL_HEADER.unpack_from(head)
-    if magic != MAGIC or name_len != len(encoded) or head[30:] != encoded:
-        raise CheckpointFormatError(
-            path, f"record '{name}' has a damaged local header.", "The file is corrupt."
-        )
+
+    def check(head: bytes) -> None:
+        if len(head) < 30:
+            raise _damaged_header(path, name)
+        magic, name_len, extra_len = _LOCAL_HEADER.unpack_from(head)
+        if (
+            magic != MAGIC
+            or name_len != len(encoded)
+            or head[30 : 30 + name_len] != encoded
+            or info.header_offset + 30 + name_len + extra_len != start
+        ):
+            raise _damaged_header(path, name)
+
+    return check
+
+
+def _damaged_header(path: str, name: str) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        path, f"record '{name}' has a damaged local header.", "The file is corrupt."
+    )
+
+
+def _record_start(source: ByteSource, info: zipfile.ZipInfo) -> int:
+    """Where the bytes of one record start, after checking it against its local header."""
+    encoded = info.filename.encode("utf-8", "surrogateescape")
+    head = source.read(info.header_offset, 30 + len(encoded))
+    _, name_len, extra_len = _LOCAL_HEADER.unpack_from(head)
     start = info.header_offset + 30 + name_len + extra_len
-    if info.file_size != info.compress_size or start + info.file_size > size:
-        raise CheckpointFormatError(
-            path,
-            f"record '{name}' runs past the end of the file.",
-            "The file is truncated; load an earlier checkpoint.",
-        )
+    _header_check(source.name, info, start)(head)
     return start
+
+
+def _descriptor_size(info: zipfile.ZipInfo) -> int:
+    """Bytes of the data descriptor after a record's data, as torch's writer puts them.
+
+    With flag bit 3 (torch sets it on every record) a descriptor follows the data: its
+    signature, the CRC-32 and two sizes, of 4 bytes each or of 8 in a zip64 record. A
+    writer that leaves the signature out fails the local header check, by name.
+    """
+    if not info.flag_bits & 0x8:
+        return 0
+    zip64 = info.file_size >= 0xFFFFFFFF or info.header_offset >= 0xFFFFFFFF
+    return 24 if zip64 else 16
+
+
+def _starts_from_layout(
+    source: ByteSource, infos: List[zipfile.ZipInfo], directory: int
+) -> List[int]:
+    """Each record's data start from where the next record (or the directory) begins.
+
+    Every start is checked against its record's local header before its data is read.
+    """
+    order = sorted(range(len(infos)), key=lambda i: infos[i].header_offset)
+    starts = [0] * len(infos)
+    for k, i in enumerate(order):
+        info = infos[i]
+        end = infos[order[k + 1]].header_offset if k + 1 < len(order) else directory
+        start = end - info.file_size - _descriptor_size(info)
+        if start < info.header_offset + 30 + len(info.filename.encode("utf-8", "surrogateescape")):
+            raise _damaged_header(source.name, info.filename)
+        starts[i] = start
+        check = _header_check(source.name, info, start)
+        source.add_check(info.header_offset, start, start + info.file_size, check)
+    return starts
 
 
 def corrupt_records(path: str) -> List[str]:
@@ -135,29 +212,31 @@ def corrupt_records(path: str) -> List[str]:
     Raises:
         CheckpointFormatError: the archive itself is damaged (see :func:`load_torch_zip`).
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _, records = _records(path, fd, FileIdentity.of_fd(fd).size)
+    with _opened(path) as source:
+        _, records = _records(source)
         bad = []
         for name, (start, size, crc) in records.items():
             value = 0
             for offset in range(start, start + size, 8 << 20):
-                value = zlib.crc32(
-                    read_exact(fd, offset, min(8 << 20, start + size - offset), path), value
-                )
+                value = zlib.crc32(source.read(offset, min(8 << 20, start + size - offset)), value)
             if value != crc:
                 bad.append(name)
         return bad
-    finally:
-        os.close(fd)
 
 
-def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:
+def _opened(path: str) -> ByteSource:
+    try:
+        return open_bytes(path)
+    except OSError as e:
+        raise CheckpointFormatError(path, f"it cannot be read ({e.strerror or e}).") from None
+
+
+def load_torch_zip(where: Union[str, ByteSource], *, mmap: bool = True) -> Tuple[Any, MappedFile]:
     """Unpickle a torch zip checkpoint safely.
 
     Args:
-        path: a local file.
-        mmap: tensors view a private mapping of the file (read when used); ``False`` reads
+        where: a path or URL, or an open source (then kept open: tensors read from it).
+        mmap: tensors view the source's address space (read when used); ``False`` reads
             every storage into fresh memory now.
 
     Returns:
@@ -167,42 +246,38 @@ def load_torch_zip(path: str, *, mmap: bool = True) -> Tuple[Any, MappedFile]:
         CheckpointFormatError: a damaged archive or pickle, or one that is not data.
         UnsafeCheckpointError: the pickle names a global outside the allowlist.
     """
-    fd = open_exact(path)
+    source = _opened(where) if isinstance(where, str) else where
+    path = source.name
     try:
-        identity = FileIdentity.of_fd(fd)
-        prefix, records = _records(path, fd, identity.size)
-        _check_byteorder(path, fd, records.get(prefix + "byteorder"))
+        prefix, records = _records(source)
+        _check_byteorder(source, records.get(prefix + "byteorder"))
         start, nbytes, crc = records[prefix + "data.pkl"]
-        pkl = read_exact(fd, start, nbytes, path)
+        pkl = source.read(start, nbytes)
         if zlib.crc32(pkl) != crc:
             raise CheckpointFormatError(
                 path, "its data.pkl record fails its CRC check.", "The file is corrupt."
             )
         whole: Optional[torch.UntypedStorage] = None
         if mmap:
-            # torch's stubs type from_file as the storage base class's; it is untyped here.
-            storage: torch.UntypedStorage = torch.UntypedStorage.from_file(  # type: ignore[assignment]
-                path, shared=False, nbytes=identity.size
-            )
-            whole = storage
-            mapped = MappedFile(path, storage.data_ptr(), identity.size, identity)
-            mapped.check_unchanged()  # the mapping must not extend past the file's end
+            whole = source.address_space()
+            mapped = MappedFile(source, whole.data_ptr(), source.size)
         else:
-            mapped = MappedFile(path, 0, 0, identity)
-        storages = _Storages(path, fd, prefix, records, whole, identity.size)
+            mapped = MappedFile(source, 0, 0)
+        storages = _Storages(source, prefix, records, whole)
         try:
             obj, _ = unpickle(pkl, find_global=find_global, persistent_load=storages.load)
         except (MalformedPickle, UnsafeGlobal) as e:
             raise pickle_error(path, e) from None
         return obj, mapped
     finally:
-        os.close(fd)
+        source.close()  # a closed source still reopens for the reads of its tensors
 
 
-def _check_byteorder(path: str, fd: int, record: Optional[Tuple[int, int, int]]) -> None:
+def _check_byteorder(source: ByteSource, record: Optional[Tuple[int, int, int]]) -> None:
+    path = source.name
     if record is None:
         return
-    text = read_exact(fd, record[0], record[1], path)
+    text = source.read(record[0], record[1])
     if text not in (b"little", b"big"):
         raise CheckpointFormatError(path, "its byteorder record is damaged.")
     if text.decode() != sys.byteorder:
@@ -218,15 +293,13 @@ class _Storages:
 
     def __init__(
         self,
-        path: str,
-        fd: int,
+        source: ByteSource,
         prefix: str,
         records: Records,
         whole: Optional[torch.UntypedStorage],
-        file_size: int,
     ):
-        self.path, self.fd, self.prefix, self.records = path, fd, prefix, records
-        self.whole, self.file_size = whole, file_size
+        self.source, self.prefix, self.records = source, prefix, records
+        self.whole, self.file_size = whole, source.size
         self.refs: Dict[str, StorageRef] = {}
 
     def load(self, pid: Any) -> StorageRef:
@@ -257,5 +330,5 @@ class _Storages:
             return self.whole[start : start + size]
         storage = torch.empty(size, dtype=torch.uint8)
         if size:
-            read_exact(self.fd, start, size, self.path, into=storage)
+            self.source.read_into(start, size, storage)
         return storage.untyped_storage()

@@ -19,7 +19,9 @@ from ..formats import OpenedCheckpoint, open_checkpoint
 from ..options import LoadOptions
 from ..restore.parts import trainer_entry_problem
 from ..save.integrity import check_cheap
+from ..storage.cache import cached_copy
 from ..storage.mapped import MappedFile
+from ..storage.registry import is_remote
 
 __all__ = [
     "CheckpointDict",
@@ -92,10 +94,13 @@ def open_request(
         CheckpointConfigError: the call asks for ``weights_only`` while ``load_file`` reads
             with ``WEIGHTS_ONLY False``: never less safely than asked.
     """
-    if os.path.isfile(request.path):  # a file this package saved: its size against its record
-        check_cheap(request.path, require_record=False)
+    path = request.path
+    if request.options.remote_cache_dir and is_remote(path):
+        path = cached_copy(path, request.options.remote_cache_dir)
+    if os.path.isfile(path):  # a file this package saved: its size against its record
+        check_cheap(path, require_record=False)
     if load_file is None:
-        source = open_source(request.path, request.options)
+        source = open_source(path, request.options)
     elif request.options.weights_only and not config.weights_only:
         owner = getattr(load_file, "__qualname__", "_load_file")
         raise CheckpointConfigError(
@@ -104,7 +109,7 @@ def open_request(
         )
     else:
         reader = getattr(load_file, "__qualname__", "_load_file").rsplit(".", 1)[0]
-        source = source_of(request.path, load_file(request.path), reader)
+        source = source_of(path, load_file(path), reader)
     if request.matching_heuristics:
         source.entries["matching_heuristics"] = True  # returned, as by the stock class
     return source

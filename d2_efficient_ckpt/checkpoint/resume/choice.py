@@ -14,11 +14,12 @@ import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..errors import CheckpointFormatError
 from ..formats.registry import checkpoint_format, is_checkpoint_name, iteration_from_name
 from ..save.integrity import RECORD_SUFFIX, IntegrityError, check_cheap
 from ..save.tag import Tag, read_tag
 from ..storage.atomic import is_temp_file
-from ..storage.registry import store_for
+from ..storage.registry import open_bytes, store_for
 
 __all__ = [
     "Candidate",
@@ -164,12 +165,13 @@ def _problem(path: str) -> Tuple[str, int, float, str]:
                 return "the file is empty.", -1, 0.0, ""
             # A file without a record (written by stock detectron2, or killed before its
             # record was written): its zip directory sits at the end, so truncation shows.
-            with open(path, "rb") as f:
-                is_zip = f.read(4) == b"PK\x03\x04"
-            if is_zip and not zipfile.is_zipfile(path):
+            with open_bytes(path) as source:
+                is_zip = source.read(0, min(4, source.size)) == b"PK\x03\x04"
+                complete = is_zip and zipfile.is_zipfile(source.fileobj())
+            if is_zip and not complete:
                 return "it is truncated (its zip directory is missing).", -1, 0.0, ""
-        except OSError as e:
-            return f"it is unreadable ({e.strerror}).", -1, 0.0, ""
+        except (OSError, CheckpointFormatError) as e:
+            return f"it is unreadable ({getattr(e, 'strerror', None) or e}).", -1, 0.0, ""
     return "", -1, 0.0, ""
 
 

@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from detectron2.utils import comm
 
-from ..errors import CheckpointFormatError
+from ..errors import CheckpointFormatError, RemoteStorageError
 from ..save.tag import read_tag
+from ..storage.registry import is_remote, store_for
 from .choice import ResumeChoice, describe_skipped, plan_resume
 
 __all__ = ["Resumed", "every_rank_reads", "resume_from_directory"]
@@ -141,6 +142,15 @@ def _nothing_to_resume(directory: str, choice: ResumeChoice, distributed: bool) 
         )
 
 
+def _readable(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    try:  # an object: every rank asks the store itself (a refusal is raised as it is)
+        return store_for(path).exists(path)
+    except RemoteStorageError:
+        return False
+
+
 def every_rank_reads(path: str, *, resuming: bool = False) -> None:
     """Raise on every rank unless every rank of the default group can read ``path``.
 
@@ -149,7 +159,7 @@ def every_rank_reads(path: str, *, resuming: bool = False) -> None:
     Raises:
         CheckpointFormatError: names the ranks that cannot, and the fix.
     """
-    seen = comm.all_gather(os.path.isfile(path))
+    seen = comm.all_gather(_readable(path))
     lacking = [rank for rank, ok in enumerate(seen) if not ok]
     if not lacking:
         return

@@ -32,7 +32,7 @@ import xxhash
 
 from ..errors import CheckpointFormatError
 from ..storage.atomic import NotRegularFileError
-from ..storage.registry import store_for
+from ..storage.registry import is_remote, open_bytes, store_for
 
 __all__ = [
     "HASH_NAME",
@@ -205,11 +205,20 @@ def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
         direct: read from the device, past the page cache, where the file system allows it
             (``O_DIRECT``); otherwise, or where it does not, ordinary buffered reads.
     """
+    h = xxhash.xxh3_64()
+    if is_remote(path):  # an object: concurrent ranged GETs of one version of it
+        with open_bytes(path) as source:
+            source.advise([(0, source.size)])
+            for start in range(0, source.size, _BLOCK):
+                block = source.read(start, min(_BLOCK, source.size - start))
+                h.update(block)
+                if progress is not None:
+                    progress.update(len(block))
+        return h.hexdigest()
     if direct:
         digest = _hash_file_direct(path, progress)
         if digest is not None:
             return digest
-    h = xxhash.xxh3_64()
     with open(path, "rb") as f:
         while True:
             block = f.read(_BLOCK)
@@ -263,6 +272,21 @@ def _hash_file_direct(path: str, progress=None) -> Optional[str]:
     return h.hexdigest()
 
 
+def _size_of(path: str) -> int:
+    """The size of a regular file or an object; IntegrityError if there is none."""
+    if is_remote(path):
+        try:
+            return store_for(path).info(path).size
+        except FileNotFoundError:
+            raise IntegrityError(path, "the object does not exist.") from None
+    if not os.path.isfile(path):
+        there = os.path.lexists(path)
+        raise IntegrityError(
+            path, "it is not a regular file." if there else "the file does not exist."
+        )
+    return os.path.getsize(path)
+
+
 def check_cheap(path: str, *, require_record: bool = True) -> Optional[IntegrityRecord]:
     """Check that ``path`` exists with the size its record names; return the record.
 
@@ -273,17 +297,12 @@ def check_cheap(path: str, *, require_record: bool = True) -> Optional[Integrity
     Raises:
         IntegrityError: missing file, missing or unreadable record, or another size.
     """
-    if not os.path.isfile(path):
-        there = os.path.lexists(path)
-        raise IntegrityError(
-            path, "it is not a regular file." if there else "the file does not exist."
-        )
+    size = _size_of(path)
     record = read_record(path)
     if record is None:
         if require_record:
             raise IntegrityError(path, f"it has no integrity record ({record_path(path)}).")
         return None
-    size = os.path.getsize(path)
     if size != record.size:
         kind = "truncated" if size < record.size else "longer than written"
         raise IntegrityError(

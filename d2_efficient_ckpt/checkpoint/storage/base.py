@@ -9,16 +9,22 @@ reach the directory only through a store (see ``registry.store_for``).
 
 import abc
 import contextlib
-from typing import BinaryIO, Callable, List, NamedTuple, Optional
+import shutil
+from typing import TYPE_CHECKING, BinaryIO, Callable, List, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    from .source import ByteSource
 
 __all__ = ["FileInfo", "Store"]
 
 
 class FileInfo(NamedTuple):
-    """What a listing knows of one file: its size and when it was last written."""
+    """What a listing knows of one file: its size, when it was last written, and for an
+    object its ETag (the store's name for this version of its bytes)."""
 
     size: int
     mtime: float
+    etag: str = ""
 
 
 class Store(abc.ABC):
@@ -34,6 +40,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def local_path(self, path: str) -> str:
         """A local file holding ``path``'s bytes, to map and read."""
+
+    @abc.abstractmethod
+    def open_bytes(self, path: str) -> "ByteSource":
+        """Exact, checked reads of ``path``'s bytes (see :class:`~.source.ByteSource`).
+
+        Raises:
+            FileNotFoundError: there is no such file.
+            OSError: it cannot be read.
+        """
+
+    def download(self, path: str, local: str) -> FileInfo:
+        """Copy ``path`` whole to the local file ``local``; return what was copied."""
+        shutil.copyfile(path, local)
+        return self.info(path)
 
     @abc.abstractmethod
     def read_range(self, path: str, offset: int, nbytes: int) -> bytes:

@@ -5,18 +5,19 @@ small reads. Announcing the byte ranges first (``POSIX_FADV_WILLNEED``) lets the
 stream them with large, asynchronous reads. Only the selected tensors' ranges are announced,
 so keys left out are still never read.
 
-The mapping only gives tensors their shapes and file offsets. Their bytes are read with
-``pread`` into the destination (:class:`FileReader`): a read that comes back short, or a
-file whose size, inode or modification time changed since it was opened, is an error that
-names the file. Touching a mapping past the end of a file that shrank kills the process
-with ``SIGBUS``; a read cannot.
+The mapping only gives tensors their shapes and file offsets. Their bytes are read through
+the file's :class:`~.source.ByteSource` into the destination (:class:`FileReader`): for a
+local file ``pread``, for an object ranged GETs. A read that comes back short, or a file
+whose size, inode or modification time (an object whose ETag) changed since it was opened,
+is an error that names it. Touching a mapping past the end of a file that shrank kills the
+process with ``SIGBUS``; a read cannot.
 """
 
 import ctypes
 import os
 import stat
 import threading
-from typing import Any, Iterable, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,13 +25,16 @@ import torch
 from ..errors import CheckpointFormatError
 from .page_cache import MADV_RANDOM, madvise
 
-__all__ = ["FileIdentity", "MappedFile", "FileReader", "read_exact", "open_exact"]
+__all__ = ["FileIdentity", "MappedFile", "FileReader", "changed_error", "read_exact", "open_exact"]
+
+if TYPE_CHECKING:
+    from .source import ByteSource
 
 _STAGING = 4 << 20  # bytes of host staging for reads into non-CPU or converted destinations
 # Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
 # a left-out tensor any larger is not.
 _MERGE_GAP = 4096
-_CHUNK = 8 << 20  # bytes per advice call, so reads start before all are queued
+_REMOTE_MERGE_GAP = 1 << 20
 
 
 class FileIdentity(NamedTuple):
@@ -55,10 +59,11 @@ class FileIdentity(NamedTuple):
                 if now.size != self.size
                 else "it was replaced or rewritten"
             )
-            raise _changed(path, what)
+            raise changed_error(path, what)
 
 
-def _changed(path: str, what: str) -> CheckpointFormatError:
+def changed_error(path: str, what: str) -> CheckpointFormatError:
+    """The error of a file or object whose bytes changed while a load read them."""
     return CheckpointFormatError(
         path,
         f"the file changed while it was being read ({what}).",
@@ -126,7 +131,7 @@ def _read_exact(fd: int, offset: int, nbytes: int, path: str, into: Optional[tor
         while done < nbytes:
             chunk = os.pread(fd, min(nbytes - done, 64 << 20), offset + done)
             if not chunk:
-                raise _changed(path, f"it ends before byte {offset + nbytes}")
+                raise changed_error(path, f"it ends before byte {offset + nbytes}")
             parts.append(chunk)
             done += len(chunk)
         return b"".join(parts)
@@ -135,34 +140,26 @@ def _read_exact(fd: int, offset: int, nbytes: int, path: str, into: Optional[tor
     while done < nbytes:
         got = os.preadv(fd, [view[done:]], offset + done)
         if got <= 0:
-            raise _changed(path, f"it ends before byte {offset + nbytes}")
+            raise changed_error(path, f"it ends before byte {offset + nbytes}")
         done += got
     return b""
 
 
 class MappedFile:
-    """A checkpoint file mapped at ``base_ptr``; tensors viewing it can be prefetched.
+    """Tensors viewing ``source``'s address space from ``base_ptr``; they can be prefetched.
 
     Args:
-        path: the file.
-        base_ptr: address of the file's first byte in this process (0: nothing is mapped).
+        source: the bytes (see :class:`~.source.ByteSource`); a reader reopens it.
+        base_ptr: address of the first byte in this process (0: nothing is mapped).
         size: mapped length in bytes.
-        identity: the file as it was when it was opened.
     """
 
-    def __init__(self, path: str, base_ptr: int, size: int, identity: FileIdentity):
-        self.path, self.base_ptr, self.size, self.identity = path, base_ptr, size, identity
+    def __init__(self, source: "ByteSource", base_ptr: int, size: int):
+        self.source, self.path, self.base_ptr, self.size = source, source.name, base_ptr, size
 
     def check_unchanged(self) -> None:
-        """Raise :class:`CheckpointFormatError` if the file changed since it was opened."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise _changed(self.path, f"it can no longer be opened: {e.strerror}") from None
-        try:
-            self.identity.check(fd, self.path)
-        finally:
-            os.close(fd)
+        """Raise :class:`CheckpointFormatError` if the bytes changed since they were opened."""
+        self.source.check_unchanged()
 
     def span(self, t: torch.Tensor) -> Optional[Tuple[int, int]]:
         """``(file offset, bytes)`` of the storage behind a tensor that views this mapping."""
@@ -197,47 +194,27 @@ class MappedFile:
                 continue
             spans.append((span[0], span[0] + span[1]))
         spans.sort()
+        # A round trip to a remote store costs as much as a megabyte of transfer.
+        gap = _REMOTE_MERGE_GAP if self.source.remote else _MERGE_GAP
         merged: List[List[int]] = []
         for a, b in spans:
-            if merged and a - merged[-1][1] <= _MERGE_GAP:
+            if merged and a - merged[-1][1] <= gap:
                 merged[-1][1] = max(merged[-1][1], b)
             else:
                 merged.append([a, b])
         return [(a, b - a) for a, b in merged]
 
     def prefetch(self, tensors: Iterable[torch.Tensor]) -> Optional[threading.Thread]:
-        """Start asynchronous reads of the tensors' bytes; a no-op where unsupported.
+        """Start reading the tensors' bytes in the background; a no-op where unsupported.
 
-        The advice is issued from a background thread in file order, chunk by chunk, so
-        the caller's copy (in the same order) overlaps with the reads instead of waiting
-        for all of them to be queued.
+        The reads are issued in file order, chunk by chunk, so the caller's copy (in the
+        same order) overlaps with them instead of waiting for all of them to be queued.
 
         Returns:
-            The thread issuing the advice, or ``None`` when there was nothing to do.
+            The thread issuing them, or ``None`` when there was nothing to do.
         """
-        if getattr(os, "posix_fadvise", None) is None:
-            return None
         ranges = self.ranges(tensors)
-        if not ranges:
-            return None
-        thread = threading.Thread(target=self._advise, args=(ranges,), daemon=True)
-        thread.start()
-        return thread
-
-    def _advise(self, ranges: List[Tuple[int, int]]) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            for offset, length in ranges:
-                for start in range(offset, offset + length, _CHUNK):
-                    n = min(_CHUNK, offset + length - start)
-                    os.posix_fadvise(fd, start, n, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass  # advice only
-        finally:
-            os.close(fd)
+        return self.source.advise(ranges) if ranges else None
 
     def read_only_what_is_used(self) -> None:
         """Turn off the kernel's read-around for faults on this mapping.
@@ -246,7 +223,8 @@ class MappedFile:
         fast when the copy outruns :meth:`prefetch`, but reads past the tensors asked for. A
         load that leaves keys out sets this, so that the keys it leaves out stay on disk.
         """
-        madvise(self.base_ptr, self.size, MADV_RANDOM)
+        if not self.source.remote:  # remote bytes are never faulted in
+            madvise(self.base_ptr, self.size, MADV_RANDOM)
 
     def reader(self) -> "FileReader":
         """A :class:`FileReader` over this file (use as a context manager)."""
@@ -264,30 +242,27 @@ class FileReader:
 
     def __init__(self, mapped: Optional[MappedFile]):
         self.mapped = mapped
-        self._fd = -1
+        self._src: Optional["ByteSource"] = None
         # Two reused host buffers (pinned for CUDA) and the copies still reading them.
         self._staging: List[Optional[torch.Tensor]] = [None, None]
         self._events: List[Any] = [None, None]
 
     def __enter__(self) -> "FileReader":
         if self.mapped is not None and self.mapped.base_ptr:
-            try:
-                self._fd = open_exact(self.mapped.path)
-            except OSError as e:
-                raise _changed(self.mapped.path, f"it can no longer be opened: {e}") from None
-            self.mapped.identity.check(self._fd, self.mapped.path)
+            self._src = self.mapped.source.reopen()
         return self
 
     def __exit__(self, *exc) -> None:
         self._drain()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._src is not None:
+            if self._src is not self.mapped.source:  # type: ignore[union-attr]
+                self._src.close()
+            self._src = None
         self._staging = [None, None]
 
     def _file_bytes(self, src: torch.Tensor) -> Optional[Tuple[int, int]]:
         """File offset and length of ``src``'s elements, if it views the file densely."""
-        if self._fd < 0 or self.mapped is None:
+        if self._src is None or self.mapped is None:
             return None
         return self.mapped.tensor_bytes(src)
 
@@ -310,17 +285,17 @@ class FileReader:
         """
         where = self._file_bytes(src) if isinstance(src, torch.Tensor) else None
         if where is None:
-            if isinstance(src, torch.Tensor) and self.mapped is not None and self._fd >= 0:
+            if isinstance(src, torch.Tensor) and self.mapped is not None and self._src:
                 span = self.mapped.span(src)
                 if span is not None:  # a strided view of the file: read its storage first
                     raw = torch.empty(span[1], dtype=torch.uint8)
-                    read_exact(self._fd, span[0], span[1], self.mapped.path, into=raw)
+                    self._src.read_into(span[0], span[1], raw)
                     src = torch.empty(0, dtype=src.dtype).set_(
                         raw.untyped_storage(), src.storage_offset(), src.shape, src.stride()
                     )
             dst.copy_(src.reshape(dst.shape) if src.shape != dst.shape else src)
             return
-        assert self.mapped is not None  # where is known only for a tensor of the mapping
+        assert self._src is not None  # where is known only for a tensor of the mapping
         offset, nbytes = where
         direct = (
             dst.device.type == "cpu"
@@ -330,7 +305,7 @@ class FileReader:
         )
         if direct:
             if nbytes:
-                read_exact(self._fd, offset, nbytes, self.mapped.path, into=dst)
+                self._src.read_into(offset, nbytes, dst)
             return
         if dst.dtype != src.dtype or not dst.is_contiguous():
             tmp = torch.empty(src.shape, dtype=src.dtype)
@@ -349,7 +324,7 @@ class FileReader:
             if self._events[slot] is not None:
                 self._events[slot].synchronize()
                 self._events[slot] = None
-            read_exact(self._fd, offset + start, n, self.mapped.path, into=buf)
+            self._src.read_into(offset + start, n, buf)
             flat[start : start + n].copy_(buf[:n], non_blocking=cuda)
             if cuda:
                 self._events[slot] = torch.cuda.Event()

@@ -1,5 +1,6 @@
 """A checkpoint directory no store handles is refused before anything is written, with one
-error naming the path and the stores there are. Never a local folder named ``remote:``."""
+error naming the path and the stores there are. Never a local folder named ``remote:``;
+and OUTPUT_DIR, where detectron2 writes logs, is never a URL."""
 
 import os
 import subprocess
@@ -13,6 +14,7 @@ from d2_efficient_ckpt.checkpoint import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.storage.local import LocalStore
 from d2_efficient_ckpt.checkpoint.storage.registry import (
     UnsupportedStorageError,
+    is_remote,
     scheme_of,
     store_for,
 )
@@ -37,6 +39,7 @@ def test_plain_paths_are_local_and_schemes_are_named():
     assert isinstance(store_for("output/run1"), LocalStore)
     assert isinstance(store_for("/abs/dir"), LocalStore)
     assert scheme_of("s3://bucket/prefix") == "s3" and scheme_of("a/b:c") is None
+    assert is_remote("s3://bucket/prefix") and not is_remote("remote://bucket/x")
 
 
 def test_a_remote_save_dir_is_refused_at_construction(tmp_path, monkeypatch):
@@ -60,20 +63,32 @@ def test_a_remote_save_dir_with_an_iopath_handler_is_still_refused(tmp_path, mon
     assert os.listdir(tmp_path) == []
 
 
-def test_train_net_refuses_a_remote_output_dir_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        # detectron2 writes logs and metrics to OUTPUT_DIR with plain file calls: never a URL,
+        # even of a store checkpoints can go to; the error says where they can go.
+        (["OUTPUT_DIR", "s3://bucket/run1"], "error: OUTPUT_DIR s3://bucket/run1 is a URL"),
+        (["OUTPUT_DIR", "remote://bucket/run1"], "error: OUTPUT_DIR remote://bucket/run1 is a URL"),
+        (
+            ["OUTPUT_DIR", "out", "CHECKPOINT.DIR", "remote://bucket/run1"],
+            "error: The CHECKPOINT.DIR remote://bucket/run1",
+        ),
+    ],
+)
+def test_train_net_refuses_an_unusable_directory_and_writes_nothing(tmp_path, opts, message):
     cmd = [
         sys.executable,
         os.path.join(REPO, "tools", "train_net.py"),
         "--config-file",
         os.path.join(REPO, "configs", "toy", "faster_rcnn_R18_FPN_toy.yaml"),
-        "OUTPUT_DIR",
-        "remote://bucket/run1",
+        *opts,
         "MODEL.DEVICE",
         "cpu",
     ]
     env = {**os.environ, "PYTHONPATH": REPO}
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == EXIT_BAD_INPUT, r.stderr[-2000:]
-    assert "error: The OUTPUT_DIR remote://bucket/run1" in r.stderr
+    assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert os.listdir(tmp_path) == []
