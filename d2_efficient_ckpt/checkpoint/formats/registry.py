@@ -19,7 +19,7 @@ import re
 import stat
 from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
-from ..errors import CheckpointFormatError
+from ..errors import CheckpointFormatError, UnsafeCheckpointError
 from ..storage.registry import is_remote, open_bytes, store_for
 from .opened import OpenedCheckpoint
 from .pycls import SUFFIX as PYCLS_SUFFIX
@@ -31,7 +31,7 @@ from .torch_file import SUFFIX as TORCH_SUFFIX
 from .torch_file import SUFFIXES as TORCH_SUFFIXES
 from .torch_file import write_model as write_torch_model
 from .torch_legacy import HEAD as LEGACY_HEAD
-from .torch_zip import is_complete_zip
+from .torch_zip import is_complete_zip, load_torch_zip
 from .training_safetensors import open_safetensors, write_training_safetensors
 from .zoo_pickle import SUFFIX as ZOO_SUFFIX
 from .zoo_pickle import open_zoo_pickle
@@ -296,8 +296,57 @@ def open_checkpoint(path: str, *, mmap: bool = True, weights_only: bool = True) 
         CheckpointFormatError: the file is missing, truncated or of an unknown format.
         UnsafeCheckpointError: the file needs globals outside the allowlist.
     """
+    if is_remote(path):
+        return _open_object(path, mmap=mmap, weights_only=weights_only)
     fmt = detect_format(path)
-    if is_remote(path) and not (fmt == ZIP and weights_only):
-        local = store_for(path).local_path(path)
-        return _OPENERS[fmt](local, fmt, mmap=mmap, weights_only=weights_only)
     return _OPENERS[fmt](path, fmt, mmap=mmap, weights_only=weights_only)
+
+
+def _open_object(url: str, *, mmap: bool, weights_only: bool) -> OpenedCheckpoint:
+    """:func:`open_checkpoint` of an object: one HEAD, then ranges; or a download."""
+    try:
+        source = open_bytes(url)
+    except FileNotFoundError:
+        raise CheckpointFormatError(
+            url, "there is no such object.", "Check MODEL.WEIGHTS or the URL given to load()."
+        ) from None
+    if source.size == 0:
+        raise CheckpointFormatError(
+            url, "the object is empty.", "It was probably cut off during a save."
+        )
+    fmt = next((f for suffix, f in _READ_BY_SUFFIX.items() if url.endswith(suffix)), None)
+    if fmt is None:
+        # data.pkl and the directory are fetched now, with the first bytes that tell the
+        # container: the open that follows reads from them.
+        edge = min(source.size, 256 << 10)
+        source.advise([(0, edge), (source.size - edge, edge)])
+        head = source.read(0, min(source.size, len(LEGACY_HEAD)))
+        fmt = container_of(head)
+        if fmt is None:
+            raise CheckpointFormatError(
+                url,
+                f"not a checkpoint format this loader knows (first bytes {head[:8]!r}).",
+                "Expected a torch .pth/.pt file, .safetensors, or a Detectron/Caffe2 .pkl.",
+            )
+    if fmt == ZIP and weights_only:
+        try:
+            data, mapping = load_torch_zip(source, mmap=mmap)
+        except MemoryError:
+            raise CheckpointFormatError(
+                url, "it asks for more memory than this machine has.", "The file is corrupt."
+            ) from None
+        return OpenedCheckpoint(url, data, fmt, lazy=mmap, mapping=mapping)
+    source.close()
+    local = store_for(url).local_path(url)  # read whole anyway: downloaded whole
+    try:
+        return _OPENERS[fmt](local, fmt, mmap=mmap, weights_only=weights_only)
+    except (CheckpointFormatError, UnsafeCheckpointError) as e:
+        raise _naming(e, local, url) from None
+
+
+def _naming(error: Exception, local: str, url: str) -> Exception:
+    """``error`` about the download ``local`` of an object, told of the object ``url``."""
+    error.args = tuple(a.replace(local, url) if isinstance(a, str) else a for a in error.args)
+    if getattr(error, "path", None) == local:
+        error.path = url  # type: ignore[attr-defined]
+    return error

@@ -85,10 +85,7 @@ def _records(source: ByteSource) -> Tuple[str, Records]:
     if source.remote:
         starts = _starts_from_layout(source, infos, directory)
     else:
-        # The headers are announced together, so that a cold file costs one batch of reads
-        # instead of one round trip per record (the source reads exactly, see open_exact).
-        source.advise([(i.header_offset, 30 + len(i.filename) + 64) for i in infos])
-        starts = [_record_start(source, info) for info in infos]
+        starts = _starts_from_headers(source, infos, directory)
     records: Records = {}
     spans = []
     for info, start in zip(infos, starts):
@@ -185,13 +182,25 @@ def _descriptor_size(info: zipfile.ZipInfo) -> int:
     return 24 if zip64 else 16
 
 
-def _starts_from_layout(
+def _starts_from_headers(
     source: ByteSource, infos: List[zipfile.ZipInfo], directory: int
 ) -> List[int]:
-    """Each record's data start from where the next record (or the directory) begins.
+    """Each record's data start from its local header, checked against the layout."""
+    # The headers are announced together, so that a cold file costs one batch of reads
+    # instead of one round trip per record (the source reads exactly, see open_exact).
+    source.advise([(i.header_offset, 30 + len(i.filename) + 64) for i in infos])
+    starts = [_record_start(source, info) for info in infos]
+    # The one layout rule of both readers: a local header whose length disagrees with where
+    # the records lie would shift the bytes read as a tensor.
+    for info, start, expected in zip(infos, starts, _layout_starts(source.name, infos, directory)):
+        if start != expected:
+            raise _damaged_header(source.name, info.filename)
+    return starts
 
-    Every start is checked against its record's local header before its data is read.
-    """
+
+def _layout_starts(path: str, infos: List[zipfile.ZipInfo], directory: int) -> List[int]:
+    """Each record's data start as the layout gives it: records follow each other, so one
+    ends (with its data descriptor) where the next record, or the directory, begins."""
     order = sorted(range(len(infos)), key=lambda i: infos[i].header_offset)
     starts = [0] * len(infos)
     for k, i in enumerate(order):
@@ -199,8 +208,18 @@ def _starts_from_layout(
         end = infos[order[k + 1]].header_offset if k + 1 < len(order) else directory
         start = end - info.file_size - _descriptor_size(info)
         if start < info.header_offset + 30 + len(info.filename.encode("utf-8", "surrogateescape")):
-            raise _damaged_header(source.name, info.filename)
+            raise _damaged_header(path, info.filename)
         starts[i] = start
+    return starts
+
+
+def _starts_from_layout(
+    source: ByteSource, infos: List[zipfile.ZipInfo], directory: int
+) -> List[int]:
+    """:func:`_layout_starts`, each checked against its record's local header before any of
+    its data is read (see :meth:`~..storage.source.ByteSource.add_check`)."""
+    starts = _layout_starts(source.name, infos, directory)
+    for info, start in zip(infos, starts):
         check = _header_check(source.name, info, start)
         source.add_check(info.header_offset, start, start + info.file_size, check)
     return starts
@@ -235,7 +254,8 @@ def load_torch_zip(where: Union[str, ByteSource], *, mmap: bool = True) -> Tuple
     """Unpickle a torch zip checkpoint safely.
 
     Args:
-        where: a path or URL, or an open source (then kept open: tensors read from it).
+        where: a path or URL, or an open source. It is closed at the end (its descriptor
+            released); the mapping's readers reopen it.
         mmap: tensors view the source's address space (read when used); ``False`` reads
             every storage into fresh memory now.
 

@@ -192,6 +192,9 @@ def _prefetch(
     # The entries the restore takes next are read from disk, and the host memory they go
     # to is faulted in, while the model copies.
     mapping.prefetch(planned.restore.from_file)
+    # A damaged record found during the copy would leave the model half-loaded: every check
+    # the read bytes owe (a remote zip's record headers) runs before the first copy.
+    mapping.check_owed([*to_copy.values(), *planned.restore.from_file])
     if planned.device.type == "cpu":
         return HostArena.for_tensors(planned.restore.from_file, prefault=True)
     return None

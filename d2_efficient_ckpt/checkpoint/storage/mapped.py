@@ -34,7 +34,6 @@ _STAGING = 4 << 20  # bytes of host staging for reads into non-CPU or converted 
 # Gaps up to a page (zip headers between records, tiny tensors sharing a page) are bridged;
 # a left-out tensor any larger is not.
 _MERGE_GAP = 4096
-_REMOTE_MERGE_GAP = 1 << 20
 
 
 class FileIdentity(NamedTuple):
@@ -194,11 +193,9 @@ class MappedFile:
                 continue
             spans.append((span[0], span[0] + span[1]))
         spans.sort()
-        # A round trip to a remote store costs as much as a megabyte of transfer.
-        gap = _REMOTE_MERGE_GAP if self.source.remote else _MERGE_GAP
         merged: List[List[int]] = []
         for a, b in spans:
-            if merged and a - merged[-1][1] <= gap:
+            if merged and a - merged[-1][1] <= _MERGE_GAP:
                 merged[-1][1] = max(merged[-1][1], b)
             else:
                 merged.append([a, b])
@@ -215,6 +212,16 @@ class MappedFile:
         """
         ranges = self.ranges(tensors)
         return self.source.advise(ranges) if ranges else None
+
+    def check_owed(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Run the checks the tensors' bytes owe before they are used (see
+        :meth:`~.source.ByteSource.add_check`), waiting for their fetches if needed.
+
+        Raises:
+            CheckpointFormatError: a check failed; nothing was copied yet.
+        """
+        for offset, length in self.ranges(tensors):
+            self.source.run_checks(offset, offset + length)
 
     def read_only_what_is_used(self) -> None:
         """Turn off the kernel's read-around for faults on this mapping.

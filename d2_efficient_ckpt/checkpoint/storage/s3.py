@@ -58,6 +58,7 @@ _PART = 16 << 20  # bytes per uploaded part (and the largest single PUT)
 _UPLOADS_IN_FLIGHT = 4  # parts sent at once: the upload's memory is this times _PART
 _PIECE = 8 << 20  # bytes per ranged GET
 _READERS = 8  # ranged GETs at once
+_MERGE_GAP = 1 << 20  # ranges closer than this are fetched as one: a round trip costs more
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -632,16 +633,21 @@ class S3Source(ByteSource):
             view = (ctypes.c_char * nbytes).from_address(into.data_ptr())
             self._fill(offset, offset + nbytes, memoryview(view).cast("B"))
 
-    def _fill(self, start: int, end: int, out: memoryview) -> None:
-        """Copy ``[start, end)`` into ``out``: from fetched pieces, the rest by direct GETs."""
+    def _fill(self, start: int, end: int, out: memoryview, count: bool = True) -> None:
+        """Copy ``[start, end)`` into ``out``: from fetched pieces, the rest by direct GETs.
+
+        ``count``: the bytes count as read from their pieces (not for the header checks:
+        headers lie in the gaps between the ranges asked for).
+        """
         pos, direct = start, []
         for piece in self._overlapping(start, end):
             if piece.start > pos:
                 direct.append((pos, piece.start))
             data = piece.future.result()  # a failed GET raises its explained error here
             a, b = max(pos, piece.start), min(end, piece.end)
-            out[a - start : b - start] = data[a - piece.start : b - piece.start]
-            self._consumed(piece, b - a, b)
+            out[a - start : b - start] = memoryview(data)[a - piece.start : b - piece.start]
+            if count:
+                self._consumed(piece, b - a)
             pos = b
         if pos < end:
             direct.append((pos, end))
@@ -659,33 +665,38 @@ class S3Source(ByteSource):
             i = bisect.bisect_right([p.start for p in self._pieces], start) - 1
             return [p for p in self._pieces[max(i, 0) :] if p.start < end and p.end > start]
 
-    def _consumed(self, piece: _Piece, nbytes: int, upto: int) -> None:
+    def _consumed(self, piece: _Piece, nbytes: int) -> None:
         with self._lock:
             piece.read += nbytes
-            # Read as far as the advice asked, or to its end (reads follow the file's order;
-            # the gaps merged into a piece are never read): its memory goes back. A read of
-            # it after that is a direct GET, never wrong.
-            done = piece.read >= piece.needed or upto >= piece.end
-            if done and piece in self._pieces:
+            # Read as far as the advice asked: its memory goes back. A read of it after
+            # that is a direct GET, never wrong.
+            if piece.read >= piece.needed and piece in self._pieces:
                 self._pieces.remove(piece)
 
     def advise(self, ranges: Sequence[Tuple[int, int]]) -> Optional[threading.Thread]:
-        wanted = []
-        for offset, length in ranges:
-            a, b = max(0, offset), min(self.size, offset + length)
-            for g in self._guards:  # a record's header comes with the first of its data
-                if not g.done and g.end <= b and g.data_end > a and g.start < a:
-                    a = g.start
-            if b > a:
-                wanted.append((a, b, b - max(0, offset)))
+        spans = sorted(
+            (max(0, o), min(self.size, o + n)) for o, n in ranges if min(self.size, o + n) > o
+        )
+        merged: List[List[int]] = []
+        for a, b in spans:  # a round trip costs as much as a megabyte of transfer
+            if merged and a - merged[-1][1] <= _MERGE_GAP:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        for m in merged:  # a record's header comes with the first of its data
+            for g in self._guards:
+                if not g.done and g.end <= m[1] and g.data_end > m[0] and g.start < m[0]:
+                    m[0] = g.start
         with self._lock:
             covered = [(p.start, p.end) for p in self._pieces]
-            for a, b, needed in sorted(wanted):
+            for a, b in merged:
                 for x, y in _uncovered(a, b, covered):
                     for s in range(x, y, _PIECE):
                         e = min(s + _PIECE, y)
+                        # The bytes asked for in it: once as many were read, it is dropped.
+                        needed = sum(max(0, min(e, q) - max(s, p)) for p, q in spans)
                         future = self.store.pool.submit(self._get, s, e)
-                        self._pieces.append(_Piece(s, e, future, min(needed, e - s)))
+                        self._pieces.append(_Piece(s, e, future, needed or e - s))
                         covered.append((s, e))
             self._pieces.sort(key=lambda p: p.start)
         return None
@@ -695,6 +706,9 @@ class S3Source(ByteSource):
         if len(self._guards) > 1 and self._guards[-2].end > end:
             self._guards.sort(key=lambda g: g.end)
         self._guard_ends = [g.end for g in self._guards]
+
+    def run_checks(self, start: int, end: int) -> None:
+        self._run_guards(start, end)
 
     def _run_guards(self, start: int, end: int) -> None:
         """Run the checks owed by the records whose data ``[start, end)`` touches."""
@@ -706,7 +720,7 @@ class S3Source(ByteSource):
                 break
             if not g.done and g.data_end > g.end:
                 out = bytearray(g.end - g.start)
-                self._fill(g.start, g.end, memoryview(out))
+                self._fill(g.start, g.end, memoryview(out), count=False)
                 g.check(bytes(out))
                 g.done = True
             j -= 1

@@ -79,6 +79,9 @@ class ByteSource(abc.ABC):
         """
         check(self.read(start, end - start))
 
+    def run_checks(self, start: int, end: int) -> None:  # noqa: B027 (checks ran at add_check)
+        """Run now the checks owed by bytes ``[start, end)`` (a read would run them first)."""
+
     def close(self) -> None:  # noqa: B027 (most sources hold nothing to release)
         """Release what the source holds (a descriptor); a closed source still reopens."""
 
