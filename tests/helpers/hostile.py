@@ -196,3 +196,61 @@ def legacy_raw(path: str, main: bytes, keys: bytes = None, storages: bytes = b""
     head = plain_pickle(0x1950A86A20F9469CFC6C) + plain_pickle(1001) + plain_pickle(info)
     keys = plain_pickle([]) if keys is None else keys
     return raw_file(path, head + main + keys + storages)
+
+
+# ------------------------------------------------------------------ attack builders
+def object_field_dtype():
+    """A dtype whose BUILD state declares an object field over raw bytes."""
+    obj = call(glob("numpy", "dtype"), s("O8"), NEWFALSE, NEWTRUE)
+    state = tup(
+        i(3), s("|"), NONE, tup(s("a")),
+        dict_of({"a": tup(obj, i(0))}), i(8), i(1), i(63),
+    )  # fmt: skip
+    return call(glob("numpy", "dtype"), s("V8"), NEWFALSE, NEWTRUE) + state + BUILD
+
+
+def fields_on_plain_dtype():
+    """A plain float dtype whose BUILD state adds a field."""
+    state = tup(i(3), s("|"), NONE, tup(s("a")), dict_of({}), i(8), i(1), i(0))
+    return call(glob("numpy", "dtype"), s("f8"), NEWFALSE, NEWTRUE) + state + BUILD
+
+
+def direct_ndarray():
+    """A numpy.ndarray built directly over raw bytes."""
+    base = b(b"\0" * 16)
+    return call(glob("numpy", "ndarray"), tup(i(2)), s("f8"), base)
+
+
+def set_over_array():
+    """A set built over the plain dtype of :func:`fields_on_plain_dtype`."""
+    return call(glob("builtins", "set"), tup(fields_on_plain_dtype()))
+
+
+def dag(depth):
+    """A list whose every level holds the level below twice: 2**depth paths, 3 KB."""
+    out = EMPTY_LIST + put(0)
+    for level in range(1, depth + 1):
+        prev = get(level - 1)
+        out += POP + EMPTY_LIST + MARK + prev + prev + APPENDS + put(level)
+    return out
+
+
+def wrap_model(model_pkl):
+    """``{"model": <model_pkl>}`` as one pickle program."""
+    return program(EMPTY_DICT, s("model"), model_pkl[2:-1], SETITEM)
+
+
+def long(value):
+    """LONG4: integers of any length, as pickle writes them."""
+    raw = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+    return b"\x8b" + struct.pack("<i", len(raw)) + raw
+
+
+def int_keyed(key):
+    """A one-item dict keyed by the integer ``key`` (as LONG4)."""
+    return EMPTY_DICT + long(key) + i(1) + SETITEM
+
+
+def colliding_int_keys(n):
+    """``n`` distinct ints that Python hashes alike (all to 7, modulo 2**61 - 1)."""
+    return [7 + i * ((1 << 61) - 1) for i in range(n)]

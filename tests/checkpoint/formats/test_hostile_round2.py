@@ -84,14 +84,9 @@ def test_state_dict_attributes_other_than_metadata_are_refused(tmp_path):
         h.dict_of({"items": h.i(1)}),
         h.BUILD,
     )
-    for path in h.all_formats(tmp_path, "attr", _wrap_model(pkl)):
+    for path in h.all_formats(tmp_path, "attr", h.wrap_model(pkl)):
         with pytest.raises(CheckpointFormatError, match="_metadata"):
             open_checkpoint(path)
-
-
-def _wrap_model(model_pkl):
-    # {"model": <model_pkl>} as one pickle program.
-    return h.program(h.EMPTY_DICT, h.s("model"), model_pkl[2:-1], h.SETITEM)
 
 
 def test_a_fifo_swapped_in_after_detection_is_refused_not_waited_on(tmp_path, monkeypatch):
@@ -141,12 +136,6 @@ def test_record_numbers_out_of_range_are_our_error(tmp_path, field, value):
         check_cheap(str(path))
 
 
-def _long(value):
-    # LONG4: integers of any length, as pickle writes them.
-    raw = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
-    return b"\x8b" + struct.pack("<i", len(raw)) + raw
-
-
 def _legacy_tensor(numel, shape, stride):
     # The legacy persistent id: ("storage", type, key, location, numel, view).
     sid = h.tup(
@@ -191,7 +180,7 @@ def test_a_tensor_bigger_than_its_storage_is_refused_on_every_reader(tmp_path, r
 
 
 def test_huge_dimensions_are_refused_before_any_arithmetic(tmp_path):
-    huge = _long(1 << (8 * 128 * 1024))  # a 128 KiB integer
+    huge = h.long(1 << (8 * 128 * 1024))  # a 128 KiB integer
     rebuilt = h.call(
         h.glob("torch._utils", "_rebuild_tensor_v2"),
         h.storage("0", 4),
@@ -214,7 +203,7 @@ def test_huge_integers_are_named_by_size_in_messages_and_inspect(tmp_path, capsy
 
     huge = 10**5000
     # As a dict key it is refused before it is hashed (see the key policy), by type name.
-    pkl = h.program(h.dict_of({"model": _int_keyed(huge)}))
+    pkl = h.program(h.dict_of({"model": h.int_keyed(huge)}))
     path = h.torch_zip(str(tmp_path / "key.pth"), pkl)
     with pytest.raises(CheckpointFormatError, match="dict key of type int"):
         open_checkpoint(path).split_model()
@@ -224,10 +213,6 @@ def test_huge_integers_are_named_by_size_in_messages_and_inspect(tmp_path, capsy
     assert cli(["inspect", p2, "--json"]) == 0
     assert "bit integer" in json.loads(capsys.readouterr().out)["iteration"]
     assert cli(["inspect", p2]) == 0
-
-
-def _int_keyed(key):
-    return h.EMPTY_DICT + _long(key) + h.i(1) + h.SETITEM
 
 
 def test_legacy_header_and_key_list_of_other_types_are_our_error(tmp_path):
@@ -290,14 +275,9 @@ def test_hooks_of_another_shape_are_our_error(tmp_path):
         ck.load(path)
 
 
-def _colliding_int_keys(n):
-    # Python hashes an int modulo 2**61 - 1: all of these hash to 7.
-    return [7 + i * ((1 << 61) - 1) for i in range(n)]
-
-
 def test_dict_keys_whose_hashes_collide_are_refused_fast(tmp_path):
-    keys = _colliding_int_keys(100_000)
-    body = b"".join(_long(k) + h.i(0) for k in keys)
+    keys = h.colliding_int_keys(100_000)
+    body = b"".join(h.long(k) + h.i(0) for k in keys)
     state = h.EMPTY_DICT + h.MARK + body + h.SETITEMS
     pkl = h.program(h.dict_of({"model": h.EMPTY_DICT, "optimizer": state}))
     start = time.perf_counter()
@@ -310,7 +290,7 @@ def test_dict_keys_whose_hashes_collide_are_refused_fast(tmp_path):
 def test_skeleton_keys_whose_hashes_collide_are_refused(tmp_path):
     from d2_efficient_ckpt.checkpoint.formats.training_safetensors import decode
 
-    items = [[k, 0] for k in _colliding_int_keys(1000)]
+    items = [[k, 0] for k in h.colliding_int_keys(1000)]
     with pytest.raises(ValueError, match="short scalar key"):
         decode({"t": "dict", "items": items}, tensor=lambda name: None)
 

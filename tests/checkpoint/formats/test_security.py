@@ -33,32 +33,8 @@ def _model_file(tmp_path, name, value):
 
 
 # ----------------------------------------------------------- 1. numpy globals
-def _object_field_dtype():
-    """A dtype whose BUILD state declares an object field over raw bytes."""
-    obj = h.call(h.glob("numpy", "dtype"), h.s("O8"), h.NEWFALSE, h.NEWTRUE)
-    state = h.tup(
-        h.i(3), h.s("|"), h.NONE, h.tup(h.s("a")),
-        h.dict_of({"a": h.tup(obj, h.i(0))}), h.i(8), h.i(1), h.i(63),
-    )  # fmt: skip
-    return h.call(h.glob("numpy", "dtype"), h.s("V8"), h.NEWFALSE, h.NEWTRUE) + state + h.BUILD
-
-
-def _fields_on_plain_dtype():
-    state = h.tup(h.i(3), h.s("|"), h.NONE, h.tup(h.s("a")), h.dict_of({}), h.i(8), h.i(1), h.i(0))
-    return h.call(h.glob("numpy", "dtype"), h.s("f8"), h.NEWFALSE, h.NEWTRUE) + state + h.BUILD
-
-
-def _direct_ndarray():
-    base = h.b(b"\0" * 16)
-    return h.call(h.glob("numpy", "ndarray"), h.tup(h.i(2)), h.s("f8"), base)
-
-
-def _set_over_array():
-    return h.call(h.glob("builtins", "set"), h.tup(_fields_on_plain_dtype()))
-
-
 @pytest.mark.parametrize(
-    "attack", [_object_field_dtype, _fields_on_plain_dtype, _direct_ndarray, _set_over_array]
+    "attack", [h.object_field_dtype, h.fields_on_plain_dtype, h.direct_ndarray, h.set_over_array]
 )
 def test_numpy_globals_cannot_build_pointers(tmp_path, attack):
     pkl = h.program(h.dict_of({"model": h.dict_of({"w": attack()})}))
@@ -223,18 +199,9 @@ def test_malformed_safetensors_headers(tmp_path, header):
 
 
 # ----------------------------------------------------------- 5. denial of service
-def _dag(depth):
-    """A list whose every level holds the level below twice: 2**depth paths, 3 KB."""
-    out = h.EMPTY_LIST + h.put(0)
-    for level in range(1, depth + 1):
-        prev = h.get(level - 1)
-        out += h.POP + h.EMPTY_LIST + h.MARK + prev + prev + h.APPENDS + h.put(level)
-    return out
-
-
 def test_shared_substructures_do_not_hang(tmp_path):
     model = h.dict_of({"w": h.tensor("0", 4)})
-    pkl = h.program(h.dict_of({"model": model, "optimizer": _dag(64)}))
+    pkl = h.program(h.dict_of({"model": model, "optimizer": h.dag(64)}))
     assert len(pkl) < 4096
     path = h.torch_zip(str(tmp_path / "dag.pth"), pkl)
     rec = run_worker([path], tmp_path, timeout=60)[path]
