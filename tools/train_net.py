@@ -26,6 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 from d2_efficient_ckpt import build_checkpointer
 from d2_efficient_ckpt.checkpoint.build import checkpoint_dir
+from d2_efficient_ckpt.checkpoint.errors import CheckpointConfigError
+from d2_efficient_ckpt.checkpoint.storage.registry import is_remote, store_for
 from d2_efficient_ckpt.config_utils import load_config
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
@@ -39,10 +41,27 @@ from d2_efficient_ckpt.errors import (
 )
 
 
+def check_checkpoint_dir(cfg, args) -> str:
+    """``checkpoint_dir(cfg)``; for a store's URL, also that its bucket is there and these
+    credentials reach it, so that a typo fails now, not at the first checkpoint (after
+    SOLVER.CHECKPOINT_PERIOD iterations). Evaluation without --resume never uses it."""
+    directory = checkpoint_dir(cfg)  # a URL as OUTPUT_DIR is refused here
+    if is_remote(directory) and (args.resume or not args.eval_only):
+        try:
+            store_for(directory).makedirs(directory)  # the bucket, checked (one request)
+        except FileNotFoundError:  # a store that answers a HEAD of a bucket with a bare 404
+            bucket = directory.split("://", 1)[1].split("/", 1)[0]
+            raise CheckpointConfigError(
+                f"The bucket '{bucket}' of CHECKPOINT.DIR {directory} does not exist. Create "
+                "it first, or fix CHECKPOINT.DIR. Nothing was written."
+            ) from None
+    return directory
+
+
 def setup(args):
     """Create the config and register the datasets it declares, in this process."""
     cfg = load_config(args.config_file, args.opts)
-    checkpoint_dir(cfg)  # a URL as OUTPUT_DIR is refused before default_setup writes there
+    check_checkpoint_dir(cfg, args)  # before default_setup writes to OUTPUT_DIR
     setup_logger(name="d2_efficient_ckpt", distributed_rank=comm.get_rank())
     # Registration happens here, inside each launched worker, so every process sees the
     # datasets before models and loaders are built.
@@ -96,7 +115,7 @@ def _preflight(args):
     # Config and dataset mistakes surface here, in the launching process, as one clear
     # error line instead of a traceback from inside a spawned worker.
     cfg = load_config(args.config_file, args.opts)
-    checkpoint_dir(cfg)
+    check_checkpoint_dir(cfg, args)
     prepare_datasets(cfg)
     if str(cfg.MODEL.DEVICE).startswith("cpu"):
         # launch() picks NCCL and one GPU per process whenever it sees a GPU; CPU training

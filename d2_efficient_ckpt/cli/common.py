@@ -18,7 +18,7 @@ from ..checkpoint.formats.registry import CHECKPOINT_SUFFIXES, model_writer_for,
 from ..checkpoint.save.errors import CheckpointSaveError
 from ..checkpoint.save.saver import iteration_of
 from ..checkpoint.save.write import write_checkpoint
-from ..checkpoint.storage.registry import is_remote
+from ..checkpoint.storage.registry import is_remote, store_for
 from ..errors import EXIT_BAD_INPUT, UserError
 
 EXIT_OK = 0
@@ -79,12 +79,17 @@ def show_progress(args) -> bool:
 
 
 def local_file(path: str) -> str:
-    """A local path for ``path`` (URLs such as detectron2:// are downloaded and cached).
+    """A local path for ``path`` (URLs such as detectron2:// are downloaded and cached); an
+    object of a store (``s3://bucket/key``) is returned as it is, once it is known to exist.
 
     Raises:
-        CliError: the file does not exist.
+        CliError: the file or object does not exist.
     """
     if is_remote(path):  # an object: read in ranges where the format allows
+        try:
+            store_for(path).info(path)
+        except FileNotFoundError:
+            raise CliError(f"{path}: no such object.") from None
         return path
     if "://" in path:
         from detectron2.utils.file_io import PathManager
@@ -98,6 +103,13 @@ def local_file(path: str) -> str:
     if os.path.isdir(path):
         raise CliError(f"{path} is a directory, not a checkpoint file.")
     return path
+
+
+def file_size(path: str) -> int:
+    """The size of a local file or of an object (``s3://...``)."""
+    if is_remote(path):
+        return store_for(path).info(path).size
+    return os.path.getsize(path)
 
 
 def open_lazy(path: str) -> OpenedCheckpoint:
@@ -176,20 +188,39 @@ def saved_entries(path: str, text: Any) -> Dict[str, Any]:
 
 
 def check_output(src: str, out: str, force: bool) -> str:
-    """The output format (``safetensors`` or ``torch``) of ``out``, after sanity checks."""
-    if os.path.abspath(src) == os.path.abspath(out):
-        raise CliError("the output must be another file than the input.")
-    if os.path.exists(out) and not force:
-        raise CliError(f"{out} exists; pass --force to overwrite it.")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise CliError(f"the output folder {parent} does not exist.")
+    """The output format (``safetensors`` or ``torch``) of ``out``, after sanity checks.
+
+    ``out`` may be an object (``s3://bucket/key``): its bucket must exist.
+    """
+    if is_remote(out):
+        _check_remote_output(src, out, force)
+    else:
+        if not is_remote(src) and os.path.abspath(src) == os.path.abspath(out):
+            raise CliError("the output must be another file than the input.")
+        if os.path.exists(out) and not force:
+            raise CliError(f"{out} exists; pass --force to overwrite it.")
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise CliError(f"the output folder {parent} does not exist.")
     kind = output_format(out)
     if kind is None:
         raise CliError(
             f"cannot tell the output format of {out}: name it {' or '.join(CHECKPOINT_SUFFIXES)}."
         )
     return kind
+
+
+def _check_remote_output(src: str, out: str, force: bool) -> None:
+    if src.rstrip("/") == out.rstrip("/"):
+        raise CliError("the output must be another object than the input.")
+    store = store_for(out)
+    if store.exists(out) and not force:
+        raise CliError(f"{out} exists; pass --force to overwrite it.")
+    try:
+        store.makedirs(os.path.dirname(out))  # an object store: whether the bucket exists
+    except FileNotFoundError:
+        bucket = out.split("://", 1)[1].split("/", 1)[0]
+        raise CliError(f"the bucket of {out} does not exist; create s3://{bucket} first.") from None
 
 
 def write_output(out: str, kind: str, entries, extra: Dict[str, Any], progress: bool) -> int:

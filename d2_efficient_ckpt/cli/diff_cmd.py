@@ -1,7 +1,6 @@
 """``diff``: a checkpoint against the model a config builds, or two checkpoints."""
 
 import math
-import os
 from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
@@ -16,6 +15,7 @@ from .common import (
     CliError,
     add_parser,
     emit,
+    file_size,
     fmt_bytes,
     local_file,
     model_state,
@@ -104,7 +104,7 @@ def diff_model(args, path: Optional[str], opts: List[str]) -> int:
 def _describe(path: str, opened, state, extra) -> str:
     it = extra.get("iteration")
     it = f", iteration {it}" if isinstance(it, int) else ""
-    size = fmt_bytes(os.path.getsize(opened.path))
+    size = fmt_bytes(file_size(opened.path))
     return f"{path} ({opened.format}, {len(state)} keys, {size}{it})"
 
 

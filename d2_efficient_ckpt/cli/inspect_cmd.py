@@ -1,6 +1,5 @@
 """``inspect FILE``: what a checkpoint holds, without running unsafe pickle code."""
 
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Dict, Tuple
@@ -14,7 +13,7 @@ from ..checkpoint.formats import detect_format, open_checkpoint
 from ..checkpoint.formats.messages import short_text
 from ..checkpoint.formats.tensors import dtype_of, shape_of
 from ..checkpoint.formats.training_safetensors import is_training_metadata
-from .common import EXIT_OK, add_parser, emit, fmt_bytes, local_file
+from .common import EXIT_OK, add_parser, emit, file_size, fmt_bytes, local_file
 
 EXAMPLES = """\
   python -m d2_efficient_ckpt inspect output/model_final.pth
@@ -106,7 +105,7 @@ def inspect_file(path: str) -> Dict[str, Any]:
     fmt = detect_format(path)
     info: Dict[str, Any] = {
         "file": path,
-        "bytes": os.path.getsize(path),
+        "bytes": file_size(path),
         "format": fmt,
         "pickle_free": fmt == "safetensors",
         "safe": True,

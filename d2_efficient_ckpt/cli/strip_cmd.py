@@ -1,7 +1,6 @@
 """``strip IN OUT``: the model weights alone, optionally in fp16, for deployment."""
 
 import fnmatch
-import os
 from typing import Any, Dict, List
 
 import torch
@@ -13,6 +12,7 @@ from .common import (
     add_parser,
     check_output,
     emit,
+    file_size,
     fmt_bytes,
     model_state,
     open_lazy,
@@ -77,7 +77,7 @@ def strip(args) -> Dict[str, Any]:
     kept = {k: extra[k] for k in _KEEP_ENTRIES if k in extra}
     progress = show_progress(args)
     size = write_output(args.output, kind, entries_of(state, dtypes), kept, progress)
-    before = os.path.getsize(opened.path)
+    before = file_size(opened.path)
     return {
         "input": args.input,
         "output": args.output,

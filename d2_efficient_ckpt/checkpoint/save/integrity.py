@@ -353,7 +353,7 @@ def compare_with(
         OSError: the file cannot be read.
     """
     name = name or path
-    actual = os.path.getsize(path)
+    actual = store_for(path).info(path).size if is_remote(path) else os.path.getsize(path)
     if actual != size:
         raise IntegrityError(name, f"it is {actual} bytes on disk, {size} bytes were written.")
     found = hash_file(path, progress, direct=direct)
