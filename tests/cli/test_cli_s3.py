@@ -7,11 +7,11 @@ this machine's). ``inspect``, ``verify`` and ``diff`` read objects; ``convert`` 
 read one and write their output as an object, with its integrity record next to it.
 """
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -22,6 +22,7 @@ from safetensors.torch import load as load_safetensors
 from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.save.integrity import hash_file, read_record
 from d2_efficient_ckpt.checkpoint.storage.registry import forget_stores, store_for
+from d2_efficient_ckpt.cli import main
 from tests.helpers.config import REPO, tiny_frcnn_cfg
 
 PREFIX = "ckpt"
@@ -94,17 +95,27 @@ def store(s3_env):
 
 
 def cli(remote, tmp_path, *argv):
-    """``python -m d2_efficient_ckpt ARGV`` as a child process: ``(code, stdout, stderr)``."""
-    p = subprocess.run(
-        [sys.executable, "-m", "d2_efficient_ckpt", *map(str, argv)],
-        capture_output=True,
-        text=True,
-        env=remote["env"],
-        cwd=tmp_path,  # nothing a command might write by mistake lands in the repository
-        timeout=300,
-    )
-    assert "Traceback" not in p.stdout + p.stderr, p.stderr[-4000:]
-    return p.returncode, p.stdout, p.stderr
+    """``python -m d2_efficient_ckpt ARGV``, run in this process with the server's environment
+    (a child would spend most of its time importing torch): ``(code, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    saved, cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(remote["env"])
+    forget_stores()  # the store reads the AWS chain anew
+    try:
+        os.chdir(tmp_path)  # nothing a command might write by mistake lands in the repository
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+        forget_stores()
+    assert "Traceback" not in out.getvalue() + err.getvalue(), err.getvalue()[-4000:]
+    return code, out.getvalue(), err.getvalue()
 
 
 def cli_json(remote, tmp_path, *argv):
