@@ -1375,7 +1375,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saves = summarize_saves(save_res) if save_res else []
     res = {
         "date": datetime.date.today().isoformat(),
-        "args": {k: v for k, v in vars(args).items() if k not in ("worker", "ref", "work_dir")},
+        # Paths relative to the repository: a result file names no machine's folders.
+        "args": {
+            k: (os.path.relpath(v, REPO_ROOT) if k == "out_dir" else v)
+            for k, v in vars(args).items()
+            if k not in ("worker", "ref", "work_dir")
+        },
         **info,
         "s3torch": s3torch_line,
         "object": {"size": size, **made},

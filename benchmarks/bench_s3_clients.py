@@ -398,7 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(
             {
                 "machine": info,
-                "args": vars(args),
+                "args": {**vars(args), "out_dir": os.path.relpath(args.out_dir, REPO_ROOT)},
                 "size_bytes": size,
                 "range_bytes": RANGE_SIZE,
                 "part_bytes": PART_SIZE,
