@@ -286,6 +286,20 @@ class SeaweedServer:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def remove_bucket(self, name: str) -> None:
+        """Delete bucket ``name`` with its objects and open uploads (each bucket holds volumes
+        of the server's until it is deleted); a server or bucket already gone is fine."""
+        client = self.client()
+        try:
+            for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+                client.abort_multipart_upload(
+                    Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+            # The server deletes a non-empty bucket with everything in it.
+            client.delete_bucket(Bucket=name)
+        except (BotoCoreError, ClientError):  # the test took the server down or the bucket away
+            pass
+
     def env(
         self, access_key: Optional[str] = None, secret_key: Optional[str] = None
     ) -> Dict[str, str]:

@@ -146,19 +146,9 @@ def store(s3_env):
 @pytest.fixture(scope="module")
 def bucket(s3_server):
     """A bucket for the module: the uninterrupted run is the reference of more than one test."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     name = s3_server.make_bucket(f"tn-{uuid.uuid4().hex[:16]}")
     yield name
-    client = s3_server.client()
-    try:
-        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-            client.abort_multipart_upload(
-                Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"]
-            )
-        client.delete_bucket(Bucket=name)
-    except (BotoCoreError, ClientError):
-        pass
+    s3_server.remove_bucket(name)
 
 
 @pytest.fixture(scope="module")
