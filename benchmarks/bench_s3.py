@@ -41,7 +41,15 @@ Run from the repository root (about 6 minutes on a 2-core machine):
     python benchmarks/bench_s3.py --repeats 1 --settle-s 0          # a quick look
     python benchmarks/bench_s3.py --profile ours_weights            # py-spy of one load
 
-Results go to ``<out-dir>/s3_cpu.json``; ``benchmarks/README.md`` explains the figures.
+On loopback the link costs nothing and the server shares the client's cores, so every byte
+costs CPU time rather than link time. ``--link-mbps`` puts the server's port behind a link
+of that rate (``tc htb``, root only, see ``netshape.py``), as a node reading from a store
+over the network sees it:
+
+    python benchmarks/bench_s3.py --repeats 3 --link-mbps 1000   # a 1 Gbit/s link
+
+Results go to ``<out-dir>/s3_cpu.json`` (``s3_cpu_link<MBPS>.json`` with a link);
+``benchmarks/README.md`` explains the figures.
 """
 
 import argparse
@@ -67,6 +75,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, HERE)
+
+from netshape import ShapedPort  # noqa: E402 (the folder is on the path first)
 
 RESULT_MARKER = "@@BENCH_S3_RESULT@@ "
 READY_MARKER = "@@BENCH_S3_READY@@"
@@ -123,6 +133,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--no-load", action="store_true", help="skip the load cases")
     p.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    p.add_argument(
+        "--link-mbps",
+        type=float,
+        default=0,
+        help="shape the server's port to this many Mbit/s each way (tc netem, root; 0: no)",
+    )
     p.add_argument("--timeout", type=int, default=300, help="seconds per worker process")
     p.add_argument(
         "--profile",
@@ -1079,6 +1095,7 @@ def report(res: Dict[str, Any]) -> str:
         f"threads; {res['settings']['part'] >> 20} MiB parts, {res['settings']['uploads']} in "
         "flight"
     )
+    lines.append(f"Link: {res.get('link') or 'loopback, unshaped'}")
     lines.append(f"s3torchconnector: {res['s3torch']}")
     code = res.get("code", {})
     lines.append(
@@ -1303,6 +1320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.ref = os.path.join(work_dir, "reference.pth")
     server = SeaweedServer(identities=[ADMIN])
     zygote: Optional[Zygote] = None
+    link: Optional[ShapedPort] = None
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)  # the finally below stops the server
@@ -1311,6 +1329,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server.start()
         server.make_bucket(BUCKET)
+        if args.link_mbps:
+            link = ShapedPort(server.ports["s3.port"], args.link_mbps)
+            link.__enter__()
+            info["link"] = link.describe()
+            print(f"Link: {info['link']}", flush=True)
         env = _worker_env(server.env())
         env[SERVER_PID_ENV] = str(server.pid)
         print(f"SeaweedFS at {server.endpoint} (pid {server.pid})", flush=True)
@@ -1368,6 +1391,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         if zygote is not None:
             zygote.close()
+        if link is not None:
+            link.remove()
         server.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -1398,7 +1423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(text)
     print(f"\n(whole run {res['wall_s']:.0f} s)")
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, "s3_cpu.json")
+    name = f"s3_cpu_link{args.link_mbps:g}.json" if args.link_mbps else "s3_cpu.json"
+    path = os.path.join(args.out_dir, name)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=str)
     print(f"results: {os.path.relpath(path, REPO_ROOT)}")

@@ -5,7 +5,10 @@ The order of operations is what makes a save crash-safe:
        and fsync it;
     2. with ``verify``, read the temporary file back from the device (past the page cache,
        see ``integrity``) and compare it with the hash: a file that fails never gets the
-       final name, and the previous file of that name is untouched;
+       final name, and the previous file of that name is untouched. For an object, the
+       local spool is read back through the page cache instead, where the upload reads its
+       parts from: the durable copy is the store's, and the store checks each part's MD5
+       (``storage/s3.py``);
     3. remove the previous record of that name, if any (re-saving ``model_final``), so that no
        kill can leave the new file next to the old file's record;
     4. rename the file over the target and fsync the directory;
@@ -25,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..storage.registry import store_for
+from ..storage.registry import is_remote, store_for
 from .errors import CheckpointSaveError
 from .integrity import (
     HashingWriter,
@@ -121,6 +124,7 @@ def write_checkpoint(
     start = time.perf_counter()
     hashing: Optional[HashingWriter] = None
     verify_s = 0.0
+    remote = is_remote(path)
 
     def before_replace(tmp: str) -> None:
         nonlocal verify_s
@@ -128,7 +132,7 @@ def write_checkpoint(
         if verify:
             t = time.perf_counter()
             try:
-                compare_with(tmp, hashing.size, hashing.hexdigest(), direct=True, name=path)
+                compare_with(tmp, hashing.size, hashing.hexdigest(), direct=not remote, name=path)
             except OSError as e:
                 raise CheckpointSaveError(
                     path,

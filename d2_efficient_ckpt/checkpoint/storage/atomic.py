@@ -77,7 +77,9 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _lock(f: BinaryIO) -> None:
+def lock_temp_file(f: BinaryIO) -> None:
+    """Hold an exclusive ``flock`` on a temporary file while it is written (see
+    ``stale``): a dead writer's file is then provably dead."""
     # Held until the file is closed; a dead writer's lock is released by the kernel.
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,7 +114,7 @@ def atomic_file(
     tmp = temp_path_for(path)
     f = opener(tmp, "xb")
     try:
-        _lock(f)
+        lock_temp_file(f)
         yield f
         f.flush()
         if durable:

@@ -10,9 +10,12 @@ retried by botocore's ``standard`` mode with exponential backoff and jitter (5 a
 connect and read timeouts (60 s).
 
 Writing keeps the guarantees of a local disk:
-    * an object appears whole or not at all: it is spooled to a local temporary file, then
-      sent as one ``PutObject`` (up to 16 MiB) or as a multipart upload whose completion is
-      the last step; any failure aborts the upload, so no part outlives it;
+    * an object appears whole or not at all: it is spooled to a local temporary file (in
+      ``$TMPDIR/d2ckpt-s3-spool``, locked by its writer; a killed writer's is removed by the
+      next process that saves), and sent as one ``PutObject`` (up to 16 MiB) or as a
+      multipart upload whose parts go up as soon as they are written, while the rest is
+      serialized, and whose completion is the last step; any failure aborts the upload, so
+      no part outlives it;
     * it is verified by the store's own checksum: every request carries ``Content-MD5``
       (the store refuses bytes that do not match), and the ETag it returns for each part
       and for the completed object is compared with the MD5s computed here. Where the
@@ -39,16 +42,18 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import CheckpointFormatError, RemoteStorageError
+from .atomic import lock_temp_file, temp_path_for
 from .base import FileInfo, Store
-from .mapped import changed_error
+from .mapped import changed_error, read_exact
 from .source import ByteSource, Check
+from .stale import remove_stale_temp_files
 
 __all__ = ["S3Store", "S3Source", "split_url"]
 
@@ -58,6 +63,7 @@ _PART = 16 << 20  # bytes per uploaded part (and the largest single PUT)
 _UPLOADS_IN_FLIGHT = 4  # parts sent at once: the upload's memory is this times _PART
 _PIECE = 8 << 20  # bytes per ranged GET
 _READERS = 8  # ranged GETs at once
+_READ_CHUNK = 1 << 20  # bytes per read from a response body
 _MERGE_GAP = 1 << 20  # ranges closer than this are fetched as one: a round trip costs more
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
@@ -216,7 +222,9 @@ class S3Store(Store):
         self._client = client
         self._lock = threading.Lock()
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._upload_pool: Optional[ThreadPoolExecutor] = None
         self.spool_dir = spool_dir
+        self._spool_cleaned = False
         #: Ranged GETs made and bytes they fetched (the benchmark and tests read them).
         self.fetched = {"requests": 0, "bytes": 0}
         self._buckets: set = set()  # buckets a request succeeded in: they exist
@@ -344,21 +352,39 @@ class S3Store(Store):
     ) -> "contextlib.AbstractContextManager[BinaryIO]":
         return self._atomic(path, opener, before_replace)
 
+    def _spool_path(self, path: str) -> str:
+        # One private folder of the machine's temporary space; the files of killed writers
+        # in it (their lock is free) are removed by the first save of a process.
+        root = os.path.join(self.spool_dir or tempfile.gettempdir(), "d2ckpt-s3-spool")
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        if not self._spool_cleaned:
+            self._spool_cleaned = True
+            remove_stale_temp_files(root)
+        return temp_path_for(os.path.join(root, os.path.basename(path) or "object"))
+
     @contextlib.contextmanager
     def _atomic(
         self, path: str, opener: Callable[..., BinaryIO], before_replace: Optional[Callable]
     ) -> Iterator[BinaryIO]:
-        # The bytes are spooled to a local file first: an upload is retried part by part,
-        # and the check after a save reads a local file, as for a disk.
-        fd, spool = tempfile.mkstemp(prefix=".d2ckpt-spool-", dir=self.spool_dir)
-        os.close(fd)
+        # The bytes are spooled to a local file, and each whole part is uploaded from it as
+        # soon as it is written: a part can be retried from the file, the check after a save
+        # reads a local file as for a disk, and the upload overlaps the serialization.
+        spool = self._spool_path(path)
+        upload = _Upload(self, path, spool)
         try:
-            with opener(spool, "wb") as f:
-                yield f
-            if before_replace is not None:
-                before_replace(spool)
-            self.upload(spool, path)
+            with opener(spool, "xb") as f:
+                lock_temp_file(f)
+                stream = _Progress(f, upload.written)
+                yield stream  # type: ignore[misc]
+                f.flush()
+                if before_replace is not None:
+                    before_replace(spool)
+                upload.finish(os.fstat(f.fileno()).st_size, rewritten=stream.rewritten)
+        except BaseException:
+            upload.abort()
+            raise
         finally:
+            upload.close()
             with contextlib.suppress(OSError):
                 os.remove(spool)
 
@@ -371,70 +397,24 @@ class S3Store(Store):
         Raises:
             RemoteStorageError: the store refused or failed; no object or part was left.
         """
-        size = os.path.getsize(local)
-        if size <= _PART:
-            with open(local, "rb") as f:
-                self._put(path, f.read())
-            return
-        bucket, key = split_url(path)
-        upload = self.call(path, "write", "create_multipart_upload", Bucket=bucket, Key=key)
-        upload_id = upload["UploadId"]
+        upload = _Upload(self, path, local)
         try:
-            digests = self._send_parts(local, path, bucket, key, upload_id, size)
-            done = self.call(
-                path, "write", "complete_multipart_upload", Bucket=bucket, Key=key,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"ETag": d.hex(), "PartNumber": i + 1} for i, d in enumerate(digests)]
-                },
-            )  # fmt: skip
+            upload.finish(os.path.getsize(local))
         except BaseException:
-            self._abort(path, bucket, key, upload_id)
+            upload.abort()
             raise
-        expected = f"{_md5(b''.join(digests)).hex()}-{len(digests)}"
-        if _etag(done) != expected:
-            self._verify_by_reading(local, path, _etag(done), expected)
+        finally:
+            upload.close()
 
-    def _send_parts(
-        self, local: str, path: str, bucket: str, key: str, upload_id: str, size: int
-    ) -> List[bytes]:
-        count = (size + _PART - 1) // _PART
-        digests: List[bytes] = [b""] * count
-        failure: List[BaseException] = []
-        lock = threading.Semaphore(_UPLOADS_IN_FLIGHT)  # bounds the parts held in memory
-
-        def send(number: int, data: bytes) -> None:
-            try:
-                digest = _md5(data)
-                response = self.call(
-                    path, "write", "upload_part", Bucket=bucket, Key=key, UploadId=upload_id,
-                    PartNumber=number + 1, Body=data,
-                    ContentMD5=base64.b64encode(digest).decode(),
-                )  # fmt: skip
-                if _etag(response) not in (digest.hex(), ""):
-                    logger.debug(f"{path}: part {number + 1} ETag is not its MD5")
-                digests[number] = digest
-            except BaseException as e:  # noqa: BLE001 (raised in the caller's thread)
-                failure.append(e)
-            finally:
-                lock.release()
-
-        threads = []
-        with open(local, "rb") as f:
-            for number in range(count):
-                lock.acquire()
-                if failure:
-                    lock.release()
-                    break
-                data = f.read(_PART)
-                t = threading.Thread(target=send, args=(number, data), daemon=True)
-                t.start()
-                threads.append(t)
-        for t in threads:
-            t.join()
-        if failure:
-            raise failure[0]
-        return digests
+    @property
+    def upload_pool(self) -> ThreadPoolExecutor:
+        """Threads sending parts: as many as parts are held in memory at once."""
+        with self._lock:
+            if self._upload_pool is None:
+                self._upload_pool = ThreadPoolExecutor(
+                    _UPLOADS_IN_FLIGHT, thread_name_prefix="d2ckpt-s3-up"
+                )
+            return self._upload_pool
 
     def _abort(self, path: str, bucket: str, key: str, upload_id: str) -> None:
         # Best effort: a store that went away keeps the parts until the next save's clean-up
@@ -512,9 +492,11 @@ class S3Store(Store):
         self.call(path, "delete", "delete_object", Bucket=bucket, Key=key)
 
     def makedirs(self, directory: str) -> None:
-        # There are no directories; the bucket must exist, and is checked here, before a save.
+        # There are no directories; the bucket must exist, and is checked here, before a save
+        # (once: a request in the caller of every async save would cost its blocking time).
         bucket, _ = split_url(directory)
-        self.call(directory, "write", "head_bucket", Bucket=bucket)
+        if bucket not in self._buckets:
+            self.call(directory, "write", "head_bucket", Bucket=bucket)
 
     def sync_directory(self, directory: str) -> None:
         """Nothing to do: a completed request is durable and visible."""
@@ -539,6 +521,145 @@ class S3Store(Store):
         return aborted
 
 
+class _Progress:
+    """The spool file as its writer sees it: every part's worth of bytes is flushed and
+    reported (``on_written(size)``) as it is written, so that it can be sent at once."""
+
+    def __init__(self, f: BinaryIO, on_written: Callable[[int], None]):
+        self._f, self._on_written = f, on_written
+        self._size = self._reported = 0
+        #: The writer moved back in the file: parts already sent may be stale.
+        self.rewritten = False
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self._size += memoryview(data).nbytes if n is None else n
+        if self._size - self._reported > _PART and not self.rewritten:
+            self._f.flush()
+            self._reported = self._size
+            self._on_written(self._size)
+        return memoryview(data).nbytes if n is None else n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def seekable(self) -> bool:
+        return False  # writers that can stream do
+
+    def seek(self, *args: Any) -> int:
+        self.rewritten = True
+        return self._f.seek(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+class _Upload:
+    """The upload of one object from a local file that may still be growing.
+
+    Whole parts are sent as soon as :meth:`written` reports them, at most
+    ``_UPLOADS_IN_FLIGHT`` at once, each read from the file when its turn comes (so that
+    many parts are all the memory it holds); :meth:`finish` sends the rest and completes the
+    upload, its last step, or sends a file of one part as one ``PutObject``. Each part
+    carries its ``Content-MD5``; the completed object's ETag is compared with the MD5s.
+    Until :meth:`finish` returns, nothing is visible under the object's name, and
+    :meth:`abort` removes every part sent.
+    """
+
+    def __init__(self, store: S3Store, path: str, local: str):
+        self.store, self.path, self.local = store, path, local
+        self.bucket, self.key = split_url(path)
+        self.upload_id: Optional[str] = None
+        self.parts: List["Future[bytes]"] = []
+        self.sent = 0  # bytes of the file handed to parts
+        self.completed = False
+        self.failed: Optional[BaseException] = None  # of a request made by `written`
+        self._fd: Optional[int] = None
+
+    def written(self, size: int) -> None:
+        """The file holds ``size`` bytes: send its whole parts not sent yet. The last part
+        is left to :meth:`finish`, so that it is never empty.
+
+        Never raises: the writer calling it is inside the serializer, which would hide the
+        error; after a failure nothing more is sent, and :meth:`finish` raises it.
+        """
+        if self.failed or any(p.done() and p.exception() is not None for p in self.parts):
+            return
+        try:
+            while size - self.sent > _PART:
+                self._send(self.sent, _PART)
+        except Exception as e:  # noqa: BLE001 (raised by finish, in the caller's thread)
+            self.failed = e
+
+    def finish(self, size: int, rewritten: bool = False) -> None:
+        """Send the rest of the file of ``size`` bytes, complete the upload and verify it.
+
+        Args:
+            rewritten: the writer went back over bytes that may have been sent: start over.
+        """
+        if rewritten and self.upload_id is not None:
+            self.abort()
+            self.parts, self.sent = [], 0
+        if self.failed is not None:
+            raise self.failed
+        if self.upload_id is None and size <= _PART:
+            with open(self.local, "rb") as f:
+                self.store._put(self.path, f.read())
+            return
+        self.written(size)
+        self._send(self.sent, size - self.sent)
+        digests = [part.result() for part in self.parts]
+        done = self.store.call(
+            self.path, "write", "complete_multipart_upload", Bucket=self.bucket, Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={
+                "Parts": [{"ETag": d.hex(), "PartNumber": i + 1} for i, d in enumerate(digests)]
+            },
+        )  # fmt: skip
+        self.completed = True
+        expected = f"{_md5(b''.join(digests)).hex()}-{len(digests)}"
+        if _etag(done) != expected:
+            self.store._verify_by_reading(self.local, self.path, _etag(done), expected)
+
+    def _send(self, start: int, nbytes: int) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.store.call(
+                self.path, "write", "create_multipart_upload", Bucket=self.bucket, Key=self.key
+            )["UploadId"]
+        if self._fd is None:
+            self._fd = os.open(self.local, os.O_RDONLY)
+        number = len(self.parts) + 1
+        self.parts.append(self.store.upload_pool.submit(self._part, number, start, nbytes))
+        self.sent = start + nbytes
+
+    def _part(self, number: int, start: int, nbytes: int) -> bytes:
+        assert self._fd is not None
+        data = read_exact(self._fd, start, nbytes, self.local)
+        digest = _md5(data)
+        response = self.store.call(
+            self.path, "write", "upload_part", Bucket=self.bucket, Key=self.key,
+            UploadId=self.upload_id, PartNumber=number, Body=data,
+            ContentMD5=base64.b64encode(digest).decode(),
+        )  # fmt: skip
+        if _etag(response) not in (digest.hex(), ""):
+            logger.debug(f"{self.path}: part {number} ETag is not its MD5")
+        return digest
+
+    def abort(self) -> None:
+        """Stop: cancel the parts not started, wait for the others, abort the upload."""
+        for part in self.parts:
+            part.cancel()
+        wait(self.parts)
+        if self.upload_id is not None and not self.completed:
+            self.store._abort(self.path, self.bucket, self.key, self.upload_id)
+        self.upload_id = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 _TEMP_DIRS: List[str] = []  # downloads of objects read whole, removed at exit
 
 
@@ -554,7 +675,7 @@ class _Piece:
 
     start: int
     end: int
-    future: "Future[bytes]"
+    future: "Future[memoryview]"
     needed: int  # bytes the advice asked for; the piece is dropped once as many were read
     read: int = 0
 
@@ -587,10 +708,17 @@ class S3Source(ByteSource):
         self._guard_ends: List[int] = []
         self._lock = threading.Lock()
 
-    def _get(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the object as it was at the open."""
+    def _get(self, start: int, end: int) -> memoryview:
+        """Bytes ``[start, end)`` of the object as it was at the open, in new memory."""
+        # Not touched before the read: its pages are faulted in once, by the copy into it.
+        out = torch.empty(max(end - start, 0), dtype=torch.uint8).numpy().data
+        self._get_into(start, end, out)
+        return out
+
+    def _get_into(self, start: int, end: int, out: memoryview) -> None:
+        """Read bytes ``[start, end)`` of the object as it was at the open into ``out``."""
         if end <= start:
-            return b""
+            return
         try:
             response = self.store.call(
                 self.name, "read", "get_object", Bucket=self.bucket, Key=self.key,
@@ -602,14 +730,22 @@ class S3Source(ByteSource):
             raise changed_error(self.name, "the object was replaced (its ETag changed)")
         from botocore.exceptions import BotoCoreError
 
+        body, done = response["Body"], 0
         try:
-            data = response["Body"].read()
+            # Straight from the socket into place, a megabyte at a time: reading the body
+            # whole would gather it in chunks and join them, two more copies.
+            while done < end - start:
+                got = body.readinto(out[done : min(end - start, done + _READ_CHUNK)])
+                if not got:
+                    break
+                done += got
         except (BotoCoreError, ConnectionError) as e:
+            body.close()
             raise explain(self.name, e, "read") from None
-        if len(data) != end - start:
+        if done != end - start:  # a body read to its end has gone back to the pool
+            body.close()
             raise changed_error(self.name, f"it ends before byte {end}")
-        self.store.count(len(data))
-        return data
+        self.store.count(done)
 
     def _check_bounds(self, offset: int, nbytes: int) -> None:
         if offset < 0 or nbytes < 0:
@@ -654,11 +790,14 @@ class S3Source(ByteSource):
         parts = [(a, min(a + _PIECE, b)) for a, b in direct for a in range(a, b, _PIECE)]
         if len(parts) == 1:
             a, b = parts[0]
-            out[a - start : b - start] = self._get(a, b)
+            self._get_into(a, b, out[a - start : b - start])
             return
-        futures = [(a, b, self.store.pool.submit(self._get, a, b)) for a, b in parts]
-        for a, b, future in futures:
-            out[a - start : b - start] = future.result()
+        futures = [
+            self.store.pool.submit(self._get_into, a, b, out[a - start : b - start])
+            for a, b in parts
+        ]
+        for future in futures:
+            future.result()
 
     def _overlapping(self, start: int, end: int) -> List[_Piece]:
         with self._lock:

@@ -202,3 +202,73 @@ def test_the_cache_keeps_a_copy_per_version(s3, tiny_cfg, tmp_path):
     assert third > 0
     copies = [f for _, _, files in os.walk(cache) for f in files]
     assert copies == ["model_final.pth"]
+
+
+def _parts_in_flight(client, bucket):
+    """``{key: parts uploaded}`` of the multipart uploads neither completed nor aborted."""
+    found = {}
+    for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        parts = client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+        found[u["Key"]] = len(parts.get("Parts", []))
+    return found
+
+
+def test_parts_go_up_while_the_file_is_still_being_written(s3, s3_server):
+    client, bucket = s3_server.client(), s3.split("://")[1]
+    url = f"{s3}/run1/model_final.pth"
+    chunk = os.urandom(1 << 20)
+    seen = {}
+    with store_for(url).open_atomic(url) as f:
+        for i in range(40):  # 40 MiB: two whole parts and a last one
+            f.write(chunk)
+            if i == 35:
+                deadline = time.time() + 30
+                while not _parts_in_flight(client, bucket).get("run1/model_final.pth"):
+                    assert time.time() < deadline, "no part was sent while the file was written"
+                    time.sleep(0.05)
+                seen = _parts_in_flight(client, bucket)
+                assert not store_for(url).exists(url)  # nothing under the name before the end
+    assert seen["run1/model_final.pth"] >= 1
+    assert client.get_object(Bucket=bucket, Key="run1/model_final.pth")["Body"].read() == chunk * 40
+    assert _parts_in_flight(client, bucket) == {}
+
+
+def test_a_writer_that_goes_back_in_the_file_publishes_what_it_left(s3, s3_server):
+    client, bucket = s3_server.client(), s3.split("://")[1]
+    url = f"{s3}/run1/rewritten.bin"
+    data = bytearray(os.urandom(40 << 20))
+    with store_for(url).open_atomic(url) as f:
+        f.write(bytes(data))  # its first parts are sent at once
+        f.seek(100)
+        f.write(b"changed")
+    data[100:107] = b"changed"
+    got = client.get_object(Bucket=bucket, Key="run1/rewritten.bin")["Body"].read()
+    assert got == bytes(data)
+    assert _parts_in_flight(client, bucket) == {}
+
+
+def test_the_spool_of_a_killed_writer_is_removed_and_a_live_ones_kept(s3, tiny_cfg, tmp_path):
+    import fcntl
+
+    from d2_efficient_ckpt.checkpoint.storage.atomic import temp_path_for
+
+    store = store_for(s3)
+    store.spool_dir = str(tmp_path)
+    root = tmp_path / "d2ckpt-s3-spool"
+    root.mkdir(mode=0o700)
+    dead = temp_path_for(str(root / "model_0000009.pth"))
+    live = temp_path_for(str(root / "model_0000010.pth"))
+    for name in (dead, live):
+        with open(name, "wb") as f:
+            f.write(b"x" * 4096)
+    holder = open(live, "rb")  # a writer still at work: it holds the lock
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    mine = tmp_path / "mine.tmp"  # not a spool file: never touched
+    mine.write_bytes(b"y")
+    try:
+        model = build_tiny(tiny_cfg)
+        _checkpointer(model, f"{s3}/run1")[0].save("model_0000001")
+        assert sorted(os.listdir(root)) == [os.path.basename(live)]
+        assert mine.read_bytes() == b"y"
+    finally:
+        holder.close()
