@@ -11,8 +11,8 @@ connect and read timeouts (60 s).
 
 Writing keeps the guarantees of a local disk:
     * an object appears whole or not at all: it is spooled to a local temporary file (in
-      ``$TMPDIR/d2ckpt-s3-spool``, locked by its writer; a killed writer's is removed by the
-      next process that saves), and sent as one ``PutObject`` (up to 16 MiB) or as a
+      ``$TMPDIR/d2ckpt-s3-spool-<uid>``, locked by its writer; a killed writer's is removed
+      by the next process that saves), and sent as one ``PutObject`` (up to 16 MiB) or as a
       multipart upload whose parts go up as soon as they are written, while the rest is
       serialized, and whose completion is the last step; any failure aborts the upload, so
       no part outlives it;
@@ -39,6 +39,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -352,15 +353,23 @@ class S3Store(Store):
     ) -> "contextlib.AbstractContextManager[BinaryIO]":
         return self._atomic(path, opener, before_replace)
 
-    def _spool_path(self, path: str) -> str:
-        # One private folder of the machine's temporary space; the files of killed writers
-        # in it (their lock is free) are removed by the first save of a process.
-        root = os.path.join(self.spool_dir or tempfile.gettempdir(), "d2ckpt-s3-spool")
+    def _spool_path(self, path: str) -> Tuple[str, Optional[str]]:
+        """A new spool file for ``path``, and a folder made for it alone (removed after it)."""
+        # One private folder per user in the machine's temporary space; the files of killed
+        # writers in it (their lock is free) are removed by the first save of a process.
+        base = self.spool_dir or tempfile.gettempdir()
+        root = os.path.join(base, f"d2ckpt-s3-spool-{os.getuid()}")
         os.makedirs(root, mode=0o700, exist_ok=True)
+        st = os.lstat(root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            # Not ours alone (another user made it, or a link): a fresh private folder.
+            logger.warning(f"{root} is not a private folder of this user; spooling elsewhere")
+            root = tempfile.mkdtemp(prefix="d2ckpt-s3-spool-", dir=base)
+            return temp_path_for(os.path.join(root, os.path.basename(path) or "object")), root
         if not self._spool_cleaned:
             self._spool_cleaned = True
             remove_stale_temp_files(root)
-        return temp_path_for(os.path.join(root, os.path.basename(path) or "object"))
+        return temp_path_for(os.path.join(root, os.path.basename(path) or "object")), None
 
     @contextlib.contextmanager
     def _atomic(
@@ -369,7 +378,7 @@ class S3Store(Store):
         # The bytes are spooled to a local file, and each whole part is uploaded from it as
         # soon as it is written: a part can be retried from the file, the check after a save
         # reads a local file as for a disk, and the upload overlaps the serialization.
-        spool = self._spool_path(path)
+        spool, folder = self._spool_path(path)
         upload = _Upload(self, path, spool)
         try:
             with opener(spool, "xb") as f:
@@ -387,6 +396,8 @@ class S3Store(Store):
             upload.close()
             with contextlib.suppress(OSError):
                 os.remove(spool)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def write_bytes(self, path: str, data: bytes, *, durable: bool = True) -> None:
         self._put(path, data)

@@ -254,7 +254,7 @@ def test_the_spool_of_a_killed_writer_is_removed_and_a_live_ones_kept(s3, tiny_c
 
     store = store_for(s3)
     store.spool_dir = str(tmp_path)
-    root = tmp_path / "d2ckpt-s3-spool"
+    root = tmp_path / f"d2ckpt-s3-spool-{os.getuid()}"
     root.mkdir(mode=0o700)
     dead = temp_path_for(str(root / "model_0000009.pth"))
     live = temp_path_for(str(root / "model_0000010.pth"))
@@ -272,3 +272,23 @@ def test_the_spool_of_a_killed_writer_is_removed_and_a_live_ones_kept(s3, tiny_c
         assert mine.read_bytes() == b"y"
     finally:
         holder.close()
+
+
+def test_a_spool_folder_that_is_not_private_is_never_used(s3, tmp_path):
+    from d2_efficient_ckpt.checkpoint.storage.atomic import temp_path_for
+
+    store = store_for(s3)
+    store.spool_dir = str(tmp_path)
+    shared = tmp_path / f"d2ckpt-s3-spool-{os.getuid()}"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # as if made for everyone to write
+    planted = temp_path_for(str(shared / "model_0000001.pth"))
+    with open(planted, "wb") as f:
+        f.write(b"z")  # unlocked: a dead writer's, were the folder ours
+    url = f"{s3}/run1/model_final.pth"
+    with store.open_atomic(url) as f:
+        f.write(b"checkpoint bytes")
+        assert os.listdir(shared) == [os.path.basename(planted)]  # the spool is elsewhere
+    assert open(planted, "rb").read() == b"z"
+    assert sorted(os.listdir(tmp_path)) == [shared.name]  # the folder made for it is gone
+    assert store.read_small(url, 100) == b"checkpoint bytes"
