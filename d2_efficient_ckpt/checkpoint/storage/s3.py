@@ -618,6 +618,8 @@ class _Upload:
                 self.store._put(self.path, f.read())
             return
         self.written(size)
+        if self.failed is not None:
+            raise self.failed
         self._send(self.sent, size - self.sent)
         digests = [part.result() for part in self.parts]
         done = self.store.call(
@@ -721,7 +723,7 @@ class S3Source(ByteSource):
 
     def _get(self, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of the object as it was at the open, in new memory."""
-        # Not touched before the read: its pages are faulted in once, by the copy into it.
+        # Not zeroed first: its pages are faulted in once, by the read into them.
         out = torch.empty(max(end - start, 0), dtype=torch.uint8).numpy().data
         self._get_into(start, end, out)
         return out
