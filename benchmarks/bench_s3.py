@@ -1330,8 +1330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server.start()
         server.make_bucket(BUCKET)
         if args.link_mbps:
-            link = ShapedPort(server.ports["s3.port"], args.link_mbps)
-            link.__enter__()
+            link = ShapedPort(server.ports["s3.port"], args.link_mbps).start()
             info["link"] = link.describe()
             print(f"Link: {info['link']}", flush=True)
         env = _worker_env(server.env())

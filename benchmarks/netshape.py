@@ -53,6 +53,14 @@ class ShapedPort:
         return f"{self.mbps:g} Mbit/s each way to and from the server's port (tc htb)"
 
     def __enter__(self) -> "ShapedPort":
+        return self.start()
+
+    def start(self) -> "ShapedPort":
+        """Add the queue; :meth:`remove` takes it away.
+
+        Raises:
+            ShapeError: it cannot be added here (nothing is left behind).
+        """
         if os.geteuid() != 0:
             raise ShapeError("shaping the loopback link needs root (tc); run without --link-mbps")
         if shutil.which("tc") is None:

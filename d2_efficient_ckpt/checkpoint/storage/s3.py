@@ -361,15 +361,15 @@ class S3Store(Store):
         root = os.path.join(base, f"d2ckpt-s3-spool-{os.getuid()}")
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.lstat(root)
+        folder = None
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
             # Not ours alone (another user made it, or a link): a fresh private folder.
             logger.warning(f"{root} is not a private folder of this user; spooling elsewhere")
-            root = tempfile.mkdtemp(prefix="d2ckpt-s3-spool-", dir=base)
-            return temp_path_for(os.path.join(root, os.path.basename(path) or "object")), root
-        if not self._spool_cleaned:
+            root = folder = tempfile.mkdtemp(prefix="d2ckpt-s3-spool-", dir=base)
+        elif not self._spool_cleaned:
             self._spool_cleaned = True
             remove_stale_temp_files(root)
-        return temp_path_for(os.path.join(root, os.path.basename(path) or "object")), None
+        return temp_path_for(os.path.join(root, os.path.basename(path) or "object")), folder
 
     @contextlib.contextmanager
     def _atomic(
@@ -379,9 +379,8 @@ class S3Store(Store):
         # soon as it is written: a part can be retried from the file, the check after a save
         # reads a local file as for a disk, and the upload overlaps the serialization.
         spool, folder = self._spool_path(path)
-        upload = _Upload(self, path, spool)
         try:
-            with opener(spool, "xb") as f:
+            with _Upload(self, path, spool) as upload, opener(spool, "xb") as f:
                 lock_temp_file(f)
                 stream = _Progress(f, upload.written)
                 yield stream  # type: ignore[misc]
@@ -389,11 +388,7 @@ class S3Store(Store):
                 if before_replace is not None:
                     before_replace(spool)
                 upload.finish(os.fstat(f.fileno()).st_size, rewritten=stream.rewritten)
-        except BaseException:
-            upload.abort()
-            raise
         finally:
-            upload.close()
             with contextlib.suppress(OSError):
                 os.remove(spool)
             if folder is not None:
@@ -408,14 +403,8 @@ class S3Store(Store):
         Raises:
             RemoteStorageError: the store refused or failed; no object or part was left.
         """
-        upload = _Upload(self, path, local)
-        try:
+        with _Upload(self, path, local) as upload:
             upload.finish(os.path.getsize(local))
-        except BaseException:
-            upload.abort()
-            raise
-        finally:
-            upload.close()
 
     @property
     def upload_pool(self) -> ThreadPoolExecutor:
@@ -544,12 +533,13 @@ class _Progress:
 
     def write(self, data: Any) -> int:
         n = self._f.write(data)
-        self._size += memoryview(data).nbytes if n is None else n
+        n = memoryview(data).nbytes if n is None else n
+        self._size += n
         if self._size - self._reported > _PART and not self.rewritten:
             self._f.flush()
             self._reported = self._size
             self._on_written(self._size)
-        return memoryview(data).nbytes if n is None else n
+        return n
 
     def flush(self) -> None:
         self._f.flush()
@@ -574,7 +564,8 @@ class _Upload:
     upload, its last step, or sends a file of one part as one ``PutObject``. Each part
     carries its ``Content-MD5``; the completed object's ETag is compared with the MD5s.
     Until :meth:`finish` returns, nothing is visible under the object's name, and
-    :meth:`abort` removes every part sent.
+    :meth:`abort` removes every part sent. As a context manager, an error in its block
+    aborts it, and its file descriptor is closed in any case.
     """
 
     def __init__(self, store: S3Store, path: str, local: str):
@@ -597,10 +588,13 @@ class _Upload:
         if self.failed or any(p.done() and p.exception() is not None for p in self.parts):
             return
         try:
-            while size - self.sent > _PART:
-                self._send(self.sent, _PART)
+            self._send_whole_parts(size)
         except Exception as e:  # noqa: BLE001 (raised by finish, in the caller's thread)
             self.failed = e
+
+    def _send_whole_parts(self, size: int) -> None:
+        while size - self.sent > _PART:
+            self._send(self.sent, _PART)
 
     def finish(self, size: int, rewritten: bool = False) -> None:
         """Send the rest of the file of ``size`` bytes, complete the upload and verify it.
@@ -617,9 +611,7 @@ class _Upload:
             with open(self.local, "rb") as f:
                 self.store._put(self.path, f.read())
             return
-        self.written(size)
-        if self.failed is not None:
-            raise self.failed
+        self._send_whole_parts(size)
         self._send(self.sent, size - self.sent)
         digests = [part.result() for part in self.parts]
         done = self.store.call(
@@ -671,6 +663,16 @@ class _Upload:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> "_Upload":
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        try:
+            if kind is not None:
+                self.abort()
+        finally:
+            self.close()
 
 
 _TEMP_DIRS: List[str] = []  # downloads of objects read whole, removed at exit
