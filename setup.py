@@ -33,6 +33,7 @@ setup(
     # What the package's own code imports (fvcore also comes with detectron2).
     install_requires=[
         "fvcore",
+        "isal",  # hardware-accelerated CRC-32 for the zip records of .pth files
         "numpy",
         "orjson",
         "Pillow",

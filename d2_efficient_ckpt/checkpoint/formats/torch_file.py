@@ -3,9 +3,9 @@
 Which container a file is comes from its first bytes, never its name: ``.pth``, ``.pt``,
 ``.ckpt`` and ``.bin`` files are all read the same way. Reading runs the pickle on the safe
 unpickler (:mod:`.torch_zip`, :mod:`.torch_legacy`) unless the caller trusts the file
-(``weights_only=False``); only then does ``torch.load`` run. Writing is ``torch.save``:
-whole training checkpoints (:func:`write_checkpoint_file`) and model weights for the tools
-(:func:`write_model`).
+(``weights_only=False``); only then does ``torch.load`` run. Writing is the zip archive of
+``torch.save``, by our one-pass writer (:mod:`.torch_zip_writer`): whole training checkpoints
+(:func:`write_checkpoint_file`) and model weights for the tools (:func:`write_model`).
 """
 
 import logging
@@ -22,6 +22,7 @@ from .torch_legacy import HEAD as LEGACY_HEAD
 from .torch_legacy import load_torch_legacy
 from .torch_zip import MAGIC as ZIP_MAGIC
 from .torch_zip import load_torch_zip
+from .torch_zip_writer import write_torch_zip
 
 __all__ = [
     "SUFFIX",
@@ -117,8 +118,9 @@ def open_torch(path: str, fmt: str, *, mmap: bool, weights_only: bool) -> Opened
 
 
 def write_checkpoint_file(data: Any, f: BinaryIO) -> None:
-    """``torch.save(data, f)``: a whole checkpoint (``CHECKPOINT.SAVE.FORMAT pth``)."""
-    torch.save(data, f)
+    """``torch.save(data, f)``: a whole checkpoint (``CHECKPOINT.SAVE.FORMAT pth``), by the
+    one-pass writer of :mod:`.torch_zip_writer`."""
+    write_torch_zip(data, f)
 
 
 def write_model(
@@ -148,4 +150,4 @@ def write_model(
         for e in entries:
             model[e.key] = compact(e.fetch().to(e.dtype))
             bar.update(e.nbytes)
-    torch.save({"model": model, **(extra or {})}, f)
+    write_torch_zip({"model": model, **(extra or {})}, f)

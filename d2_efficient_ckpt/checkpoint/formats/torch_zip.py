@@ -32,6 +32,7 @@ from ..storage.registry import open_bytes
 from ..storage.source import ByteSource
 from .safe_pickle import MalformedPickle, UnsafeGlobal, pickle_error, unpickle
 from .safe_pickle.allowlist import StorageRef, Token, itemsize, numpy_globals, torch_globals
+from .torch_zip_writer import descriptor_size
 
 __all__ = ["MAGIC", "load_torch_zip", "find_global", "corrupt_records", "is_complete_zip"]
 
@@ -176,10 +177,7 @@ def _descriptor_size(info: zipfile.ZipInfo) -> int:
     signature, the CRC-32 and two sizes, of 4 bytes each or of 8 in a zip64 record. A
     writer that leaves the signature out fails the local header check, by name.
     """
-    if not info.flag_bits & 0x8:
-        return 0
-    zip64 = info.file_size >= 0xFFFFFFFF or info.header_offset >= 0xFFFFFFFF
-    return 24 if zip64 else 16
+    return descriptor_size(info.flag_bits, info.file_size, info.header_offset)
 
 
 def _starts_from_headers(
