@@ -25,8 +25,10 @@ import json
 import mmap
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, Optional
+from typing import BinaryIO, List, Optional, Tuple
 
 import xxhash
 
@@ -44,6 +46,10 @@ __all__ = [
     "write_record",
     "read_record",
     "hash_file",
+    "hash_with_source",
+    "READ_DEVICE",
+    "READ_PAGE_CACHE",
+    "READ_STORE",
     "check_cheap",
     "check_full",
     "compare_with",
@@ -205,6 +211,22 @@ def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
         direct: read from the device, past the page cache, where the file system allows it
             (``O_DIRECT``); otherwise, or where it does not, ordinary buffered reads.
     """
+    return hash_with_source(path, progress, direct=direct)[0]
+
+
+# Where a check read the bytes it hashed (see ``compare_with``).
+READ_DEVICE = "the device"
+READ_PAGE_CACHE = "the page cache"
+READ_STORE = "the store"
+
+
+def hash_with_source(path: str, progress=None, *, direct: bool = False) -> Tuple[str, str]:
+    """:func:`hash_file`, and where its bytes came from: ``(digest, READ_...)``.
+
+    With ``direct`` on a file system that refuses ``O_DIRECT`` (tmpfs, some network file
+    systems), the bytes come from the page cache, and the check says so: it compared the
+    record with memory, not with the disk.
+    """
     h = xxhash.xxh3_64()
     if is_remote(path):  # an object: concurrent ranged GETs of one version of it
         with open_bytes(path) as source:
@@ -214,11 +236,11 @@ def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
                 h.update(block)
                 if progress is not None:
                     progress.update(len(block))
-        return h.hexdigest()
+        return h.hexdigest(), READ_STORE
     if direct:
         digest = _hash_file_direct(path, progress)
         if digest is not None:
-            return digest
+            return digest, READ_DEVICE
     with open(path, "rb") as f:
         while True:
             block = f.read(_BLOCK)
@@ -227,15 +249,23 @@ def hash_file(path: str, progress=None, *, direct: bool = False) -> str:
             h.update(block)
             if progress is not None:
                 progress.update(len(block))
-    return h.hexdigest()
+    return h.hexdigest(), READ_PAGE_CACHE
 
 
 # errno values by which a file system says it does not do O_DIRECT (on open or on read).
 _NO_DIRECT_IO = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+# Direct reads in flight while one block is hashed: two keep a virtual disk busier than one
+# (see "Verification" in benchmarks/README.md), and the hash never waits for the device.
+_DEPTH = 2
 
 
 def _hash_file_direct(path: str, progress=None) -> Optional[str]:
-    """:func:`hash_file` by ``O_DIRECT`` reads; None where the file system does not do them."""
+    """:func:`hash_file` by ``O_DIRECT`` reads; None where the file system does not do them.
+
+    ``_DEPTH`` reads of ``_BLOCK`` bytes are in flight on helper threads while the block
+    before them is hashed here (both release the GIL), so the check takes the device's read
+    time, not the read plus the hash.
+    """
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
@@ -245,30 +275,42 @@ def _hash_file_direct(path: str, progress=None) -> Optional[str]:
         if e.errno in _NO_DIRECT_IO:
             return None
         raise
-    # An anonymous mapping is page-aligned, as O_DIRECT wants the buffer; reads start at
-    # multiples of its size, and the last one may come back short (the end of the file).
-    buf = mmap.mmap(-1, _BLOCK)
-    view = memoryview(buf)
-    h = xxhash.xxh3_64()
-    done = 0
+    # Anonymous mappings are page-aligned, as O_DIRECT wants its buffers; every read starts
+    # at a multiple of the block size, and only the last one may come back short.
+    buffers = [mmap.mmap(-1, _BLOCK) for _ in range(_DEPTH + 1)]
     try:
-        while True:
+        return _hash_direct(fd, buffers, progress)
+    finally:
+        for b in buffers:
+            b.close()
+        os.close(fd)
+
+
+def _hash_direct(fd: int, buffers: List[mmap.mmap], progress) -> Optional[str]:
+    h = xxhash.xxh3_64()
+    size = os.fstat(fd).st_size
+    blocks = -(-size // _BLOCK)
+
+    def read(k: int) -> int:
+        return os.preadv(fd, [buffers[k % len(buffers)]], k * _BLOCK)
+
+    with ThreadPoolExecutor(_DEPTH, thread_name_prefix="d2ckpt-verify") as pool:
+        pending = deque(pool.submit(read, k) for k in range(min(_DEPTH, blocks)))
+        for k in range(blocks):
             try:
-                n = os.readv(fd, [buf])
+                n = pending.popleft().result()
             except OSError as e:
-                if e.errno in _NO_DIRECT_IO and done == 0:
-                    return None  # refused at the first read: not a file system for O_DIRECT
+                if e.errno in _NO_DIRECT_IO and k == 0:
+                    return None  # refused at the first read: no O_DIRECT here
                 raise
-            if n <= 0:
-                break
-            done += n
-            h.update(view[:n])
+            if k + _DEPTH < blocks:  # its buffer is neither this one nor one in flight
+                pending.append(pool.submit(read, k + _DEPTH))
+            with memoryview(buffers[k % len(buffers)]) as view:
+                h.update(view[:n])
             if progress is not None:
                 progress.update(n)
-    finally:
-        view.release()
-        buf.close()
-        os.close(fd)
+            if n < min(_BLOCK, size - k * _BLOCK):
+                break  # the file got shorter: the digest will not match
     return h.hexdigest()
 
 
@@ -338,8 +380,9 @@ def compare_with(
     direct: bool = False,
     progress=None,
     name: Optional[str] = None,
-) -> None:
-    """Read ``path`` whole and check it has ``size`` bytes hashing to ``digest``.
+) -> str:
+    """Read ``path`` whole and check it has ``size`` bytes hashing to ``digest``; return where
+    the bytes were read from (``READ_DEVICE``, ``READ_PAGE_CACHE`` or ``READ_STORE``).
 
     Args:
         path: the file to read (a checkpoint, or the temporary file of one being saved).
@@ -356,10 +399,11 @@ def compare_with(
     actual = store_for(path).info(path).size if is_remote(path) else os.path.getsize(path)
     if actual != size:
         raise IntegrityError(name, f"it is {actual} bytes on disk, {size} bytes were written.")
-    found = hash_file(path, progress, direct=direct)
+    found, source = hash_with_source(path, progress, direct=direct)
     if found != digest:
         raise IntegrityError(
             name,
             f"its content changed after it was written: {HASH_NAME} is {found}, the record "
             f"says {digest} (flipped or overwritten bytes).",
         )
+    return source

@@ -26,11 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import torch
-
+from ..formats.registry import writer_for
 from ..storage.registry import is_remote, store_for
 from .errors import CheckpointSaveError
 from .integrity import (
+    READ_STORE,
     HashingWriter,
     IntegrityRecord,
     compare_with,
@@ -60,12 +60,16 @@ class SaveResult:
         record: its integrity record.
         write_s: seconds to serialize, fsync and rename.
         verify_s: seconds to read it back and compare (0 without verify).
+        verified_from: where the check read the bytes (``integrity.READ_DEVICE``,
+            ``READ_PAGE_CACHE`` where the file system refuses ``O_DIRECT``, ``READ_STORE``
+            for the spool of an object); "" without verify.
     """
 
     path: str
     record: IntegrityRecord
     write_s: float
     verify_s: float = 0.0
+    verified_from: str = ""
 
 
 def explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
@@ -111,7 +115,8 @@ def write_checkpoint(
             with the hash of what was written.
         iteration: stored in the record, so a resume can order checkpoints cheaply.
         run: the run identity stored in the record (see ``fallback`` and ``retention``).
-        serializer: ``fn(data, file_object)``; ``torch.save`` by default.
+        serializer: ``fn(data, file_object)``; the ``pth`` writer (torch's zip archive) by
+            default.
         opener: ``open``-like function for the temporary file.
 
     Raises:
@@ -120,19 +125,24 @@ def write_checkpoint(
         IntegrityError: the file read back differs from what was written; it was removed
             and the previous file of that name is unchanged.
     """
-    write: Serializer = serializer or torch.save  # torch.save takes any binary file object
+    write: Serializer = serializer or writer_for("pth")
     start = time.perf_counter()
     hashing: Optional[HashingWriter] = None
     verify_s = 0.0
+    verified_from = ""
     remote = is_remote(path)
 
     def before_replace(tmp: str) -> None:
-        nonlocal verify_s
+        nonlocal verify_s, verified_from
         assert hashing is not None
         if verify:
             t = time.perf_counter()
             try:
-                compare_with(tmp, hashing.size, hashing.hexdigest(), direct=not remote, name=path)
+                verified_from = compare_with(
+                    tmp, hashing.size, hashing.hexdigest(), direct=not remote, name=path
+                )
+                if remote:  # the spool, read where the parts came from; the store checks MD5s
+                    verified_from = READ_STORE
             except OSError as e:
                 raise CheckpointSaveError(
                     path,
@@ -158,7 +168,7 @@ def write_checkpoint(
         if isinstance(cause, OSError):
             raise explain_os_error(path, cause) from e
         raise
-    return SaveResult(path, record, time.perf_counter() - start - verify_s, verify_s)
+    return SaveResult(path, record, time.perf_counter() - start - verify_s, verify_s, verified_from)
 
 
 def _drop_old_record(path: str) -> None:

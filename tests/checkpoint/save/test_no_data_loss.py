@@ -255,7 +255,7 @@ def test_io_error_while_verifying_is_a_save_error_and_leaves_no_file(
     def eio(*args, **kwargs):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(integrity_module, "hash_file", eio)
+    monkeypatch.setattr(integrity_module, "hash_with_source", eio)
     with pytest.raises(CheckpointSaveError, match="read back to verify") as e:
         ck.save("model_0000002", iteration=2)
     assert "model_0000002.pth" in str(e.value)
