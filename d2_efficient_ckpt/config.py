@@ -8,7 +8,7 @@ from detectron2.config import CfgNode as CN
 
 from .checkpoint.options import TRAINER_PART_NAMES
 
-__all__ = ["add_efficient_ckpt_config"]
+__all__ = ["add_efficient_ckpt_config", "with_trainer_defaults"]
 
 
 def add_efficient_ckpt_config(cfg: CN) -> CN:
@@ -64,8 +64,9 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     sv = ck.SAVE
     # Read every checkpoint back after writing and compare it with its integrity record.
     sv.setdefault("VERIFY", True)
-    # Write checkpoints in a background thread; training is blocked only for a host snapshot.
-    sv.setdefault("ASYNC", False)
+    # Write in a background thread, training waits only for a snapshot. None: yes for the
+    # Trainer's checkpointer (train() joins the last save), no for one built in your own code.
+    sv.setdefault("ASYNC", None)
     # Signal names (e.g. ["SIGTERM", "SIGUSR1"]) that make training checkpoint and exit.
     sv.setdefault("ON_SIGNAL", [])
     # Keep only the N newest periodic checkpoints (model_final is always kept); 0 keeps all.
@@ -91,4 +92,23 @@ def add_efficient_ckpt_config(cfg: CN) -> CN:
     ds.setdefault("CACHE_DIR", "")
     # Set MODEL.ROI_HEADS.NUM_CLASSES from the training data instead of checking it.
     ds.setdefault("NUM_CLASSES_FROM_DATA", False)
+    return cfg
+
+
+def with_trainer_defaults(cfg: CN) -> CN:
+    """``cfg``, or a copy of it with the keys left to the Trainer (None) given its values.
+
+    ``CHECKPOINT.SAVE.ASYNC`` None becomes True: the Trainer joins the save in flight before
+    ``train()`` returns, so nothing a background save does is lost or unseen. A checkpointer
+    built in a user's own loop reads None as False, so that ``save()`` returns with the file
+    in place, as the stock class does.
+    """
+    if cfg.CHECKPOINT.SAVE.get("ASYNC") is not None:
+        return cfg
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.CHECKPOINT.SAVE.ASYNC = True
+    if frozen:
+        cfg.freeze()
     return cfg

@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import build_checkpointer
 from ..checkpoint.build import checkpoint_dir
+from ..config import with_trainer_defaults
 from .ddp import wrap_model
 from .loader import make_resumable
 from .sampling import SamplingState
@@ -40,7 +41,9 @@ class Trainer(DefaultTrainer):
     Several processes: the model is wrapped in DDP with ``device_ids`` only on GPUs, so CPU
     training over gloo works; only the main process writes checkpoints and reports.
 
-    Saving (``CHECKPOINT.SAVE``): a failed background save is raised at the next step;
+    Saving (``CHECKPOINT.SAVE``): in the background unless ``ASYNC`` is False (its default,
+    None, means True here; see ``config.with_trainer_defaults``); a failed background save
+    is raised at the next step;
     :meth:`train` joins the save in flight before it returns or re-raises; with
     ``ON_SIGNAL`` a signal makes training checkpoint and exit with status 75.
     """
@@ -53,7 +56,7 @@ class Trainer(DefaultTrainer):
         directory = checkpoint_dir(cfg)  # refused before anything is built or written
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = with_trainer_defaults(DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size()))
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -68,6 +71,11 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, resumable or data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = build_checkpointer(cfg, model, directory, trainer=weakref.proxy(self))
+        defer = getattr(self.checkpointer, "defer_until_step", None)
+        if defer is not None and cfg.CHECKPOINT.SAVE.ASYNC:
+            # Between a save and the next optimizer step only forward and backward run, so
+            # the weights and momenta are copied beside them (see save/snapshot.py).
+            defer(model, optimizer)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

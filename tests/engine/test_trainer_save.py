@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.save import CheckpointSaveError, check_full
 from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
@@ -55,6 +56,30 @@ def test_async_training_joins_saves_and_keeps_max_to_keep(tiny_cfg, toy, tmp_pat
     final = torch.load(tmp_path / "model_final.pth", weights_only=True)
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(final["model"][k], v), k
+
+
+def test_the_trainer_saves_in_the_background_by_default_a_direct_checkpointer_does_not(
+    tiny_cfg, toy, tmp_path
+):
+    cfg = _cfg(tiny_cfg, toy, tmp_path / "trainer", max_iter=3)
+    assert cfg.CHECKPOINT.SAVE.ASYNC is None  # the default: the Trainer decides
+    trainer = Trainer(cfg)
+    assert trainer.cfg.CHECKPOINT.SAVE.ASYNC is True
+    saver = trainer.checkpointer.saver
+    assert saver.options.asynchronous
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    # Every save was a pipelined one: the weights and momenta were copied after save().
+    assert saver.last_result is not None and not saver.busy
+    assert trainer.checkpointer.saver._stable is not None
+    final = torch.load(tmp_path / "trainer" / "model_final.pth", weights_only=True)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(final["model"][k], v), k
+    # Built in a user's own code from the same config, save() returns with the file there.
+    direct = EfficientDetectionCheckpointer(trainer.model, str(tmp_path / "direct"), cfg=cfg)
+    assert not direct.saver.options.asynchronous
+    direct.save("model_0000000")
+    check_full(str(tmp_path / "direct" / "model_0000000.pth"))
 
 
 def test_failed_background_save_stops_training_at_the_next_step(tiny_cfg, toy, tmp_path):

@@ -84,6 +84,12 @@ class SavingMixin:
         data.update(kwargs)
         self.saver.save(f"{name}{self.saver.options.suffix}", data, iteration=iteration_of(data))
 
+    def defer_until_step(self, model: Any, optimizer: Any) -> None:
+        """Asynchronous saves copy the parameters and the optimizer state while the next
+        iteration's forward and backward run; ``optimizer.step()`` waits for the copy
+        (see :meth:`CheckpointSaver.defer_until_step`). The Trainer calls it."""
+        self.saver.defer_until_step(model, optimizer)
+
     def wait(self) -> None:
         """Block until the asynchronous save in flight is durable; raise its error if any."""
         if "_saver" in self.__dict__:

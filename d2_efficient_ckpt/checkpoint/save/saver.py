@@ -14,23 +14,36 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
+
+import torch
 
 from ..formats.registry import SAVE_FORMATS, suffix_for, writer_for
 from ..storage.base import Store
 from ..storage.registry import store_for
 from .async_writer import AsyncWriter
 from .errors import SaveConfigError
-from .integrity import IntegrityError, read_record
+from .integrity import READ_DEVICE, READ_PAGE_CACHE, READ_STORE, IntegrityError, read_record
 from .retention import periodic_prefix, plan_deletions
-from .snapshot import SnapshotBuffers
+from .snapshot import Snapshot, SnapshotBuffers
 from .tag import TAG_FILE, read_tag, write_tag
 from .write import SaveResult, explain_os_error, remove_checkpoint, write_checkpoint
 
 __all__ = ["SaveOptions", "CheckpointSaver", "TAG_FILE", "iteration_of", "new_run_id"]
 
 logger = logging.getLogger(__name__)
+
+# What the check after a save compared the hash with, as the log says it.
+_HOW_CHECKED = {
+    READ_DEVICE: "(read back from the device)",
+    READ_PAGE_CACHE: (
+        "against the page cache only (this file system refuses O_DIRECT, so the disk's copy "
+        "was not read back)"
+    ),
+    READ_STORE: "(the upload's spool against the hash; the store checked every part's MD5)",
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,7 @@ class SaveOptions:
             )
         return cls(
             verify=bool(node.get("VERIFY", True)),
-            asynchronous=bool(node.get("ASYNC", False)),
+            asynchronous=bool(node.get("ASYNC") or False),  # None: the Trainer decides
             max_to_keep=int(node.get("MAX_TO_KEEP", 0)),
             format=fmt,
             stale_temp_age_s=float(node.get("STALE_TEMP_AGE_S", 3600.0)),
@@ -133,6 +146,9 @@ class CheckpointSaver:
         self.last_result: Optional[SaveResult] = None
         self.run = ""
         self.in_flight: Optional[str] = None
+        # (model, optimizer) whose tensors asynchronous saves copy until the next step.
+        self._stable: Optional[Tuple[Any, Any]] = None
+        self._copying: Optional[Snapshot] = None
 
     @property
     def store(self) -> Store:
@@ -140,6 +156,45 @@ class CheckpointSaver:
         if self._store is None:
             raise SaveConfigError("The checkpointer has no save_dir: set OUTPUT_DIR to save.")
         return self._store
+
+    def defer_until_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Let asynchronous saves copy ``model``'s parameters and ``optimizer``'s state while
+        training goes on, until ``optimizer.step()``, which first waits for the copy.
+
+        For loops that change those tensors only in ``optimizer.step()`` between a save and
+        the next step, as detectron2's trainers do (the Trainer calls this). Buffers, which
+        forward may change (BatchNorm statistics), are always copied before ``save()``
+        returns. The wait is an optimizer step pre-hook; ``model`` and ``optimizer`` are
+        held by weak references.
+        """
+        self._stable = (weakref.ref(model), weakref.ref(optimizer))
+        saver = weakref.ref(self)
+
+        def before_step(*_: Any) -> None:
+            me = saver()
+            if me is not None:
+                me.wait_for_snapshot()
+
+        optimizer.register_step_pre_hook(before_step)
+
+    def _stable_storages(self) -> FrozenSet[int]:
+        """``data_ptr()`` of the storages ``defer_until_step`` declared stable."""
+        if self._stable is None:
+            return frozenset()
+        model, optimizer = (ref() for ref in self._stable)
+        if model is None or optimizer is None:
+            return frozenset()
+        tensors = list(model.parameters())
+        for state in optimizer.state.values():
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return frozenset(p for p in (t.untyped_storage().data_ptr() for t in tensors) if p)
+
+    def wait_for_snapshot(self) -> None:
+        """Return once the last snapshot's deferred copies have read the live tensors (the
+        optimizer step's pre-hook); at once when there are none."""
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            copying.wait_copied()
 
     def start_run(self) -> str:
         """Give the files saved from now on a new run identity; return it."""
@@ -192,7 +247,8 @@ class CheckpointSaver:
             self._commit(path, data, iteration, run)
             self.last_blocked_s = time.perf_counter() - start
             return
-        snapshot = self._buffers.take(data)
+        snapshot = self._buffers.take(data, self._stable_storages())
+        self._copying = snapshot if snapshot.deferred_bytes else None
         self.last_snapshot_s = time.perf_counter() - start - self.last_wait_s
 
         def job() -> None:
@@ -222,7 +278,9 @@ class CheckpointSaver:
         )
         self.tag(os.path.basename(path), run)
         self.last_result = result
-        checked = f", verified in {result.verify_s:.2f} s" if self.options.verify else ""
+        checked = ""
+        if self.options.verify:
+            checked = f", verified in {result.verify_s:.2f} s {_HOW_CHECKED[result.verified_from]}"
         logger.info(
             f"Checkpoint {path} is durable: {result.record.size / 2**20:.1f} MiB written in "
             f"{result.write_s:.2f} s{checked}."
