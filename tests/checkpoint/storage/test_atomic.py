@@ -2,12 +2,14 @@
 without blocking."""
 
 import errno
+import io
 import os
 import threading
 
 import pytest
 
 from d2_efficient_ckpt.checkpoint.storage.atomic import (
+    EarlyWriteback,
     NotRegularFileError,
     atomic_file,
     atomic_write_bytes,
@@ -121,3 +123,42 @@ def _refused(path, limit=4096):
     except NotRegularFileError:
         return True
     return False
+
+
+def test_early_writeback_writes_every_byte_in_order(tmp_path, monkeypatch):
+    started = []
+    real = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        started.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    path = tmp_path / "big.bin"
+    chunks = [os.urandom(n) for n in (10, 1 << 20, 5 << 20, 7, 3 << 20, 1)]
+    with atomic_file(str(path)) as f:
+        assert isinstance(f, EarlyWriteback)
+        assert f.name == f.fileno() or isinstance(f.name, str)  # the file's, through it
+        for c in chunks:
+            f.write(c)
+    assert path.read_bytes() == b"".join(chunks)
+    assert started == []  # under 16 MiB: nothing to start before the fsync
+    with atomic_file(str(path)) as f:
+        for _ in range(40):
+            f.write(chunks[1])
+    assert path.stat().st_size == 40 << 20
+    # Writeback started for consecutive ranges, each 16 MiB or more, from the start.
+    assert started and started[0][0] == 0 and all(n >= 16 << 20 for _, n in started)
+    assert all(a + n == b for (a, n), (b, _) in zip(started, started[1:]))
+
+
+def test_early_writeback_passes_writes_through_a_file_without_a_descriptor():
+    class NoDescriptor(io.BytesIO):
+        def fileno(self):
+            raise io.UnsupportedOperation("fileno")
+
+    target = NoDescriptor()
+    f = EarlyWriteback(target, step=4)
+    for _ in range(5):
+        f.write(b"abcdef")
+    assert target.getvalue() == b"abcdef" * 5
