@@ -254,15 +254,17 @@ def hash_with_source(path: str, progress=None, *, direct: bool = False) -> Tuple
 
 # errno values by which a file system says it does not do O_DIRECT (on open or on read).
 _NO_DIRECT_IO = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-# Direct reads in flight while one block is hashed: two keep a virtual disk busier than one
-# (see "Verification" in benchmarks/README.md), and the hash never waits for the device.
-_DEPTH = 2
+# Direct reads in flight while the block before them is hashed. One: on the virtual disk of
+# the benchmarks two concurrent 8 MiB reads were slower than one after the other in 4 of 5
+# rounds (benchmarks/README.md, "Saves at the disk's speed"); the hash, on another thread,
+# still never waits for the device nor the device for the hash.
+_DEPTH = 1
 
 
 def _hash_file_direct(path: str, progress=None) -> Optional[str]:
     """:func:`hash_file` by ``O_DIRECT`` reads; None where the file system does not do them.
 
-    ``_DEPTH`` reads of ``_BLOCK`` bytes are in flight on helper threads while the block
+    ``_DEPTH`` reads of ``_BLOCK`` bytes are in flight on a helper thread while the block
     before them is hashed here (both release the GIL), so the check takes the device's read
     time, not the read plus the hash.
     """
