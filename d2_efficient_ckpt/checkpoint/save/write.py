@@ -63,6 +63,8 @@ class SaveResult:
         verified_from: where the check read the bytes (``integrity.READ_DEVICE``,
             ``READ_PAGE_CACHE`` where the file system refuses ``O_DIRECT``, ``READ_STORE``
             for the spool of an object); "" without verify.
+        cpu_s: CPU seconds of the calling thread for all of it (for an asynchronous save,
+            what the background thread took from the machine).
     """
 
     path: str
@@ -70,6 +72,7 @@ class SaveResult:
     write_s: float
     verify_s: float = 0.0
     verified_from: str = ""
+    cpu_s: float = 0.0
 
 
 def explain_os_error(path: str, e: OSError) -> CheckpointSaveError:
@@ -127,6 +130,7 @@ def write_checkpoint(
     """
     write: Serializer = serializer or writer_for("pth")
     start = time.perf_counter()
+    cpu = time.thread_time()
     hashing: Optional[HashingWriter] = None
     verify_s = 0.0
     verified_from = ""
@@ -168,7 +172,8 @@ def write_checkpoint(
         if isinstance(cause, OSError):
             raise explain_os_error(path, cause) from e
         raise
-    return SaveResult(path, record, time.perf_counter() - start - verify_s, verify_s, verified_from)
+    elapsed = time.perf_counter() - start - verify_s
+    return SaveResult(path, record, elapsed, verify_s, verified_from, time.thread_time() - cpu)
 
 
 def _drop_old_record(path: str) -> None:
