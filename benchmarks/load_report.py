@@ -104,14 +104,18 @@ def sequential_read_table(result: Dict[str, Any], fmt: str = "simple") -> str:
     """The cold sequential reads: the disk's floor for the bytes each case needs."""
     labels = {"file": "the whole file (resume)", "model": "the model's bytes (weights only)"}
     rows = []
-    for what, r in result.get("sequential_read", {}).items():
+    by_state = result.get("sequential_read", {})
+    if by_state and "file" in by_state:  # a result written before the cold states were two
+        by_state = {"evicted": by_state}
+    reads = [(c, what, r) for c, per in by_state.items() for what, r in per.items()]
+    for cache, what, r in reads:
         for method in ("buffered", "direct"):
             m = r.get(method)
             if m is None:
                 continue
             rows.append(
                 [
-                    labels.get(what, what),
+                    f"{labels.get(what, what)}, {cache}",
                     "O_DIRECT" if method == "direct" else "buffered",
                     r["repeats"],
                     f"{r['bytes'] / MB:.0f}",

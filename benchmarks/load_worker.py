@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import procmem
 
+from d2_efficient_ckpt.checkpoint.storage.page_cache import evict_from_page_cache
+
 RESULT_MARKER = "@@BENCH_RESULT@@ "
 CASES = ("model", "resume")
 CLASSES = ("stock", "ours")
@@ -231,6 +233,7 @@ def run_case(
     profile: bool = False,
     sample_interval: float = 0.001,
     not_before: float = 0.0,
+    evict_first: bool = False,
 ) -> Dict[str, Any]:
     """Build the model, then time one ``load`` of ``ckpt`` and record its memory.
 
@@ -246,6 +249,8 @@ def run_case(
         profile: run the load under cProfile and return the top entries.
         sample_interval: seconds between memory samples; 0 samples only at start and end.
         not_before: wall-clock time (``time.time()``) before which the load must not start.
+        evict_first: evict the file from the page cache (``POSIX_FADV_DONTNEED``) the
+            instant before the load, with no time to settle.
 
     Returns:
         Timings in seconds and memory figures in bytes (see the README for each).
@@ -262,6 +267,8 @@ def run_case(
         gpu_base = torch.cuda.memory_allocated()
     gc.collect()
     wait_until(not_before)
+    if evict_first:
+        evict_from_page_cache(ckpt)
     base = procmem.read_status()
     hwm_reset = procmem.reset_peak_rss()
     base = procmem.read_status()
@@ -459,7 +466,11 @@ def _sequential_pass(
 
 
 def run_sequential_read(
-    ckpt: str, ranges: List[Tuple[int, int]], chunk: int = 8 << 20, not_before: float = 0.0
+    ckpt: str,
+    ranges: List[Tuple[int, int]],
+    chunk: int = 8 << 20,
+    not_before: float = 0.0,
+    evict_first: bool = False,
 ) -> Dict[str, Any]:
     """The disk's sequential read of ``ranges``: the floor of a load that needs those bytes.
 
@@ -476,11 +487,15 @@ def run_sequential_read(
         and the direct pass's under ``"direct"`` (``None`` where ``O_DIRECT`` is refused).
     """
     wait_until(not_before)
+    if evict_first:
+        evict_from_page_cache(ckpt)
     try:
         # Large requests: the block layer splits them, so many are in flight at once.
         direct: Optional[Dict[str, Any]] = _sequential_pass(ckpt, ranges, 64 << 20, direct=True)
     except (OSError, AttributeError):  # no O_DIRECT on this platform or file system
         direct = None
+    if evict_first:  # the buffered pass right after an eviction too
+        evict_from_page_cache(ckpt)
     result = _sequential_pass(ckpt, ranges, chunk, direct=False)
     result["direct"] = direct
     return result
@@ -513,6 +528,9 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--not-before", type=float, default=0.0, help="time.time() before which not to start"
     )
+    parser.add_argument(
+        "--evict-first", action="store_true", help="evict the file the instant before the load"
+    )
     args = parser.parse_args(list(argv))
     warnings.filterwarnings("ignore")
     import torch
@@ -531,7 +549,10 @@ def worker_main(argv: Sequence[str]) -> int:
             with open(args.ranges) as f:
                 ranges = json.load(f)
         result = run_sequential_read(
-            args.ckpt, [tuple(r) for r in ranges], not_before=args.not_before
+            args.ckpt,
+            [tuple(r) for r in ranges],
+            not_before=args.not_before,
+            evict_first=args.evict_first,
         )
     else:
         result = run_case(
@@ -545,6 +566,7 @@ def worker_main(argv: Sequence[str]) -> int:
             profile=args.profile,
             sample_interval=args.sample_ms / 1e3,
             not_before=args.not_before,
+            evict_first=args.evict_first,
         )
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
