@@ -6,7 +6,7 @@ DEMO_CFG := configs/toy/faster_rcnn_R18_FPN_toy.yaml
 DEMO_OUT ?= output/demo
 DEMO_ITERS ?= 300
 DEMO_DEVICE ?= cpu
-DEMO_OPTS = OUTPUT_DIR $(DEMO_OUT) MODEL.DEVICE $(DEMO_DEVICE) CHECKPOINT.SAVE.ASYNC True
+DEMO_OPTS = OUTPUT_DIR $(DEMO_OUT) MODEL.DEVICE $(DEMO_DEVICE)
 
 .PHONY: setup demo test lint data clean
 

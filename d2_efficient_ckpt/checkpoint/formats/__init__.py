@@ -6,7 +6,8 @@ and ``..storage``. Modules:
                           the periodic checkpoint name; everything else asks here
     opened                OpenedCheckpoint (what an opener returns), ReadingStateDict
     torch_file            torch files, zip or legacy: sniffing, safe or trusted reading,
-                          writing (torch_zip, torch_legacy: the two containers)
+                          writing (torch_zip, torch_legacy: the two containers;
+                          torch_zip_writer: our one-pass writer of the zip container)
     safetensors           .safetensors: the dtype table, checked header, lazy reading,
                           model writing
     training_safetensors  the pickle-free training checkpoint: the JSON skeleton's encoder
