@@ -9,7 +9,7 @@ from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.helpers.config import train_on_toy
-from tests.helpers.models import assert_same_weights
+from tests.helpers.models import assert_same_weights, step_trainer_state
 
 
 class _Counter(HookBase):
@@ -67,17 +67,13 @@ def first_run(tiny_cfg, toy, tmp_path):
     first, counter = _trainer(tiny_cfg, toy, out)
     # Non-trivial state in every part: one momentum step, a scheduler past its warmup and
     # first decay, a scaler with its own scale and growth count, a hook's history.
-    torch.manual_seed(1)
-    for p in first.model.parameters():
-        p.grad = torch.randn_like(p)
-    first.optimizer.step()
-    for _ in range(5):
-        first.scheduler.step()
+    step_trainer_state(first)
     scaler = first._trainer.grad_scaler
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
     counter.seen = [3, 1, 4]
     first.iter = 5
     first.checkpointer.save("model_0000005", iteration=5)
+    first.checkpointer.wait()  # the Trainer's checkpointer saves in the background
     saved_iter = torch.load(out / "model_0000005.pth", weights_only=True)["iteration"]
     assert saved_iter == 5
     return first, out

@@ -178,6 +178,30 @@ def _proc_address(addr_hex: str, width: int) -> str:
 _READY_BANNER = "S3 Endpoint:"
 
 
+def uploads_in_flight(
+    client: Any, bucket: str, prefix: str = "", parts: bool = False
+) -> Dict[str, int]:
+    """``{key: parts uploaded}`` of the multipart uploads under ``prefix`` that were started
+    and neither completed nor aborted; the counts only with ``parts`` (a request each),
+    else 0.
+
+    Args:
+        client: a boto3 S3 client of the server (with the caller's timeouts, identity).
+        bucket: the bucket.
+        prefix: a key prefix, e.g. ``"run1/"``.
+        parts: count each upload's parts.
+    """
+    found = {}
+    listed = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+    for u in listed.get("Uploads", []):
+        count = 0
+        if parts:
+            sent = client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            count = len(sent.get("Parts", []))
+        found[u["Key"]] = count
+    return found
+
+
 class SeaweedServerError(RuntimeError):
     """The server did not come up, or exited early; the message ends with its log."""
 

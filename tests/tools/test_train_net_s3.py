@@ -28,6 +28,8 @@ from d2_efficient_ckpt.checkpoint.save.integrity import (
 )
 from d2_efficient_ckpt.checkpoint.storage.registry import forget_stores, store_for
 from tests.helpers.config import REPO, TRAIN_NET
+from tests.helpers.models import assert_same_values
+from tests.helpers.s3server import uploads_in_flight
 
 # Two iterations, a checkpoint after each (model_0000000, model_0000001, then model_final),
 # written in the background; no evaluation (the toy config's test set is left out).
@@ -79,12 +81,6 @@ def _objects(client, bucket, prefix):
     return found
 
 
-def _uploads(client, bucket, prefix):
-    """Keys of the multipart uploads in flight (started, neither completed nor aborted)."""
-    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=f"{prefix}/")
-    return [u["Key"] for u in uploads.get("Uploads", [])]
-
-
 def _complete(url):
     """Check the object ``url`` against its integrity record, byte for byte; the record.
 
@@ -120,19 +116,6 @@ def _checkpoint_like(out_dir):
             ):
                 found.append(os.path.relpath(os.path.join(folder, name), out_dir))
     return found
-
-
-def _assert_same_tensors(a, b, what):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), what
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), what
-        for k in a:
-            _assert_same_tensors(a[k], b[k], f"{what}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), what
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same_tensors(x, y, f"{what}/{i}")
 
 
 @pytest.fixture
@@ -182,7 +165,7 @@ def test_checkpoints_records_and_tag_go_to_the_bucket_logs_stay_local(
         assert f"Saving checkpoint to {url}/{name}" in log
         assert f"Checkpoint {url}/{name} is durable" in log
     # Every upload was completed; none is left in flight.
-    assert _uploads(s3_server.client(), bucket, straight["prefix"]) == []
+    assert uploads_in_flight(s3_server.client(), bucket, f"{straight['prefix']}/") == {}
     # Logs, metrics and the config are local; nothing of a checkpoint is.
     assert {"log.txt", "metrics.json", "config.yaml"} <= set(os.listdir(out))
     assert os.path.getsize(out / "metrics.json") > 0
@@ -206,7 +189,7 @@ def _kill_during_upload(cmd, env, log_path, client, bucket, key):
         try:
             deadline = time.monotonic() + TIMEOUT_S
             prefix = key.rsplit("/", 1)[0]
-            while key not in _uploads(client, bucket, prefix):
+            while key not in uploads_in_flight(client, bucket, f"{prefix}/"):
                 assert proc.poll() is None, (
                     f"the run ended (status {proc.returncode}) before an upload of {key} was "
                     "seen\n" + log_path.read_text()[-4000:]
@@ -249,7 +232,7 @@ def test_a_run_killed_during_an_upload_resumes_exactly_from_the_last_complete_ch
 
     # The kill came mid-upload: the upload is still open on the server, and nothing of it
     # is visible under the checkpoint's name.
-    assert key in _uploads(client, bucket, prefix)
+    assert key in uploads_in_flight(client, bucket, f"{prefix}/")
     names = _objects(client, bucket, prefix)
     assert "model_0000001.pth" not in names and "model_final.pth" not in names
     assert "model_0000001.pth.integrity.json" not in names
@@ -275,8 +258,8 @@ def test_a_run_killed_during_an_upload_resumes_exactly_from_the_last_complete_ch
     reference = _load(f"{straight['url']}/model_final.pth")
     assert resumed["iteration"] == reference["iteration"] == 1
     assert resumed["trainer"]["iteration"] == 1
-    _assert_same_tensors(reference["model"], resumed["model"], "model")
-    _assert_same_tensors(
+    assert_same_values(reference["model"], resumed["model"], "model")
+    assert_same_values(
         reference["trainer"]["_trainer"], resumed["trainer"]["_trainer"], "trainer._trainer"
     )
 

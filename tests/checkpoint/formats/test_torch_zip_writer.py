@@ -24,7 +24,12 @@ from d2_efficient_ckpt.data import prepare_datasets
 from d2_efficient_ckpt.engine import Trainer
 from d2_efficient_ckpt.toy import generate_toy_dataset
 from tests.helpers.config import train_on_toy
-from tests.helpers.models import assert_same_state, build_tiny, trained_state
+from tests.helpers.models import (
+    assert_same_state,
+    build_tiny,
+    step_trainer_state,
+    trained_state,
+)
 
 SERIALIZATION_ID = "archive/.data/serialization_id"
 
@@ -190,12 +195,7 @@ def test_the_trainer_checkpoint_with_amp_scaler_hooks_and_sampling_state(tiny_cf
     # torch's CUDA scaler is disabled without CUDA (its state is then empty); the CPU one
     # has the same state dict. AMP cannot train on a CPU: the state is made by hand.
     trainer._trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    torch.manual_seed(1)
-    for p in trainer.model.parameters():
-        p.grad = torch.randn_like(p)
-    trainer.optimizer.step()
-    for _ in range(5):
-        trainer.scheduler.step()
+    step_trainer_state(trainer)
     trainer.iter = 5
     captured = {}
     saver = trainer.checkpointer.saver

@@ -14,7 +14,7 @@ from d2_efficient_ckpt import EfficientDetectionCheckpointer
 from d2_efficient_ckpt.checkpoint.save import snapshot as snapshot_module
 from d2_efficient_ckpt.checkpoint.save.snapshot import SnapshotBuffers
 from tests.helpers.config import tiny_frcnn_cfg
-from tests.helpers.models import assert_same_state
+from tests.helpers.models import assert_same_state, assert_same_values
 
 
 def _model_and_optimizer(device="cpu"):
@@ -75,25 +75,9 @@ def test_the_file_holds_the_state_of_save_although_training_goes_on(tmp_path, de
         _step(model, opt, device)
         ck.wait()
         saved = torch.load(tmp_path / f"model_{i:07d}.pth", weights_only=True)
-        _assert_equal(expected, saved)
+        assert_same_values(expected, saved)
         # And training moved on from the state that was saved.
         assert not torch.equal(saved["model"]["0.weight"], model[0].weight.detach().cpu())
-
-
-def _assert_equal(expected, saved, path="state"):
-    """Same keys and values; tensors equal after moving to the CPU."""
-    if isinstance(expected, torch.Tensor):
-        assert torch.equal(expected.cpu(), saved), path
-    elif isinstance(expected, dict):
-        assert list(expected) == list(saved), path
-        for k in expected:
-            _assert_equal(expected[k], saved[k], f"{path}/{k}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(saved), path
-        for i, (x, y) in enumerate(zip(expected, saved)):
-            _assert_equal(x, y, f"{path}/{i}")
-    else:
-        assert expected == saved, path
 
 
 def test_without_defer_every_tensor_is_copied_before_save_returns(tmp_path):

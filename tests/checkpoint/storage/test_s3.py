@@ -15,6 +15,7 @@ from d2_efficient_ckpt.checkpoint.formats import open_checkpoint
 from d2_efficient_ckpt.checkpoint.storage.registry import forget_stores, store_for
 from tests.helpers.faults import perturb
 from tests.helpers.models import assert_same_state, build_tiny
+from tests.helpers.s3server import uploads_in_flight
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_an_interrupted_upload_is_aborted_by_the_clean_up(s3, s3_server):
     assert store.remove_stale(f"{s3}/run1", max_age_s=3600) == []  # too young
     time.sleep(1.1)
     assert store.remove_stale(f"{s3}/run1", max_age_s=1) == ["model_0000009.pth"]
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert uploads_in_flight(client, bucket) == {}
     assert not store.exists(f"{s3}/run1/model_0000009.pth")
 
 
@@ -204,15 +205,6 @@ def test_the_cache_keeps_a_copy_per_version(s3, tiny_cfg, tmp_path):
     assert copies == ["model_final.pth"]
 
 
-def _parts_in_flight(client, bucket):
-    """``{key: parts uploaded}`` of the multipart uploads neither completed nor aborted."""
-    found = {}
-    for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-        parts = client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
-        found[u["Key"]] = len(parts.get("Parts", []))
-    return found
-
-
 def test_parts_go_up_while_the_file_is_still_being_written(s3, s3_server):
     client, bucket = s3_server.client(), s3.split("://")[1]
     url = f"{s3}/run1/model_final.pth"
@@ -223,14 +215,14 @@ def test_parts_go_up_while_the_file_is_still_being_written(s3, s3_server):
             f.write(chunk)
             if i == 35:
                 deadline = time.time() + 30
-                while not _parts_in_flight(client, bucket).get("run1/model_final.pth"):
+                while not uploads_in_flight(client, bucket, parts=True).get("run1/model_final.pth"):
                     assert time.time() < deadline, "no part was sent while the file was written"
                     time.sleep(0.05)
-                seen = _parts_in_flight(client, bucket)
+                seen = uploads_in_flight(client, bucket, parts=True)
                 assert not store_for(url).exists(url)  # nothing under the name before the end
     assert seen["run1/model_final.pth"] >= 1
     assert client.get_object(Bucket=bucket, Key="run1/model_final.pth")["Body"].read() == chunk * 40
-    assert _parts_in_flight(client, bucket) == {}
+    assert uploads_in_flight(client, bucket) == {}
 
 
 def test_a_writer_that_goes_back_in_the_file_publishes_what_it_left(s3, s3_server):
@@ -244,7 +236,7 @@ def test_a_writer_that_goes_back_in_the_file_publishes_what_it_left(s3, s3_serve
     data[100:107] = b"changed"
     got = client.get_object(Bucket=bucket, Key="run1/rewritten.bin")["Body"].read()
     assert got == bytes(data)
-    assert _parts_in_flight(client, bucket) == {}
+    assert uploads_in_flight(client, bucket) == {}
 
 
 def test_the_spool_of_a_killed_writer_is_removed_and_a_live_ones_kept(s3, tiny_cfg, tmp_path):

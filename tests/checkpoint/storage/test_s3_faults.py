@@ -27,7 +27,7 @@ from d2_efficient_ckpt.errors import USER_ERRORS
 from tests.helpers.config import tiny_frcnn_cfg
 from tests.helpers.faults import perturb
 from tests.helpers.models import assert_same_state, build_tiny
-from tests.helpers.s3server import ADMIN, READ_ONLY, SeaweedServer, free_ports
+from tests.helpers.s3server import ADMIN, READ_ONLY, SeaweedServer, free_ports, uploads_in_flight
 
 _CREDENTIALS_FIX = "AWS_SECRET_ACCESS_KEY"  # the credential error's fix names the chain
 
@@ -73,10 +73,6 @@ def _objects(client, bucket: str, prefix: str = "") -> Dict[str, str]:
     return {o["Key"]: o["ETag"] for o in objects if "/load_report_" not in o["Key"]}
 
 
-def _uploads(client, bucket: str):
-    return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-
-
 def _is_clear(error: BaseException, url: str, *fragments: str) -> str:
     """Assert ``error`` is a user error naming ``url`` and each fragment; return its text."""
     assert isinstance(error, USER_ERRORS), repr(error)
@@ -112,7 +108,7 @@ class Saved:
     def assert_intact(self) -> None:
         """Nothing was written, changed or removed, and no upload is left in progress."""
         assert _objects(self.client, self.bucket, "run1/") == self.objects
-        assert _uploads(self.client, self.bucket) == []
+        assert uploads_in_flight(self.client, self.bucket) == {}
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +271,7 @@ def _stop_once_an_upload_starts(server, bucket: str, done: threading.Event):
 
     def watch() -> None:
         while not done.is_set():
-            if _uploads(client, bucket):
+            if uploads_in_flight(client, bucket):
                 server.stop(keep_data=True, graceful=False)  # a crash, mid-upload
                 stopped.set()
                 return
