@@ -347,27 +347,33 @@ def synthetic_batch(device: str, size: int, n: int = 2, classes: int = 80) -> Li
     return batch
 
 
-def train_run(model, opt, batch, iters: int, every: int, save) -> Tuple[float, float]:
+def train_run(model, opt, batch, iters: int, every: int, save) -> Tuple[float, float, float]:
     """Wall time of ``iters`` training steps, calling ``save(it)`` every ``every`` steps
-    half a period out of phase, up to the end of the final ``save.wait()``; and the seconds
-    of that final wait."""
+    half a period out of phase, up to the end of the final ``save.wait()``; the seconds of
+    that final wait; and the run's excess over its own typical iteration (wall time minus
+    ``iters`` times the median iteration of the run, the save's included), which a drift of
+    the machine's speed between runs does not move."""
     model.train()
     start = time.perf_counter()
+    steps = []
     with EventStorage(0):  # detectron2's losses log into it
         for it in range(iters):
+            t = time.perf_counter()
             losses = model(batch)
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad(set_to_none=False)
             if save is not None and (it + 1) % every == every // 2:
                 save(it)
+            steps.append(time.perf_counter() - t)
     waited = time.perf_counter()
     if save is not None and hasattr(save, "wait"):
         save.wait()
     if model.pixel_mean.is_cuda:
         torch.cuda.synchronize()
     end = time.perf_counter()
-    return end - start, end - waited
+    wall = end - start
+    return wall, end - waited, wall - iters * statistics.median(steps) if steps else 0.0
 
 
 class _Saver:
@@ -404,6 +410,7 @@ def training(cfg, model, opt, directory: str, args) -> Dict[str, Any]:
         makers["sync"] = lambda: _Saver(_ours(cfg, model, opt, _fresh(directory, "t_sync"), False))
     runs: Dict[str, List[float]] = {k: [] for k in makers}
     final_wait: Dict[str, List[float]] = {k: [] for k in makers}
+    excesses: Dict[str, List[float]] = {k: [] for k in makers}
     names = list(makers)
     for r in range(args.train_repeats):
         # Each round starts with another variant: on a shared machine whose speed drifts,
@@ -411,15 +418,16 @@ def training(cfg, model, opt, directory: str, args) -> Dict[str, Any]:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             save = makers[name]()
             os.sync()
-            wall, waited = train_run(model, opt, batch, args.iters, args.every, save)
+            wall, waited, excess = train_run(model, opt, batch, args.iters, args.every, save)
             runs[name].append(wall)
             final_wait[name].append(waited)
+            excesses[name].append(excess)
             print(
                 f"  round {r + 1}: training with {name:5s} checkpoints: {wall:.2f} s"
                 + (f" (final wait {waited:.2f} s)" if name in ("async", "sync") else ""),
                 flush=True,
             )
-    return {"runs": runs, "final_wait": final_wait}
+    return {"runs": runs, "final_wait": final_wait, "excess": excesses}
 
 
 def _fresh(directory: str, name: str) -> str:
@@ -551,6 +559,25 @@ def training_report(res: Dict[str, Any]) -> List[str]:
         lines.append(f"| {k} | {t[k]:.2f} s | {each} | {over * 100:+.1f}% | {cost} |")
     over_async = t["async"] / t["none"] - 1
     paired = statistics.median(a / n - 1 for a, n in zip(runs["async"], runs["none"]))
+    excess = tr.get("excess")
+    if excess:
+        # Within each run: wall time over the run's own median iteration; what checkpoints
+        # add to that over the run without them, per round, against the run's wall time.
+        within = {
+            k: statistics.median(
+                (e - n) / w for e, n, w in zip(excess[k], excess["none"], runs["none"])
+            )
+            for k in excess
+            if k != "none"
+        }
+        lines += [
+            "",
+            f"Within-run measure (wall time minus {res['iters']} x the run's median "
+            "iteration, that of the run without checkpoints subtracted, over its wall time; "
+            "median of the rounds): "
+            + ", ".join(f"{k} {v * 100:+.1f}%" for k, v in within.items())
+            + ".",
+        ]
     lines += [
         "",
         f"Median of the per-round overheads async/none: {paired * 100:+.1f}%. Final wait() "
