@@ -203,8 +203,12 @@ def check_eviction(path: str) -> Dict[str, Any]:
 
 
 def prepare_cache(path: str, state: str) -> Optional[float]:
-    """Put the file in the wanted cache state; returns its page-cache residency (0..1)."""
-    if state == "warm":
+    """Put the file in the wanted cache state; returns its page-cache residency (0..1).
+
+    ``evicted_now`` starts warm: the worker's own eviction, the instant before its load,
+    frees the pages (an eviction here would free them seconds earlier, while the worker
+    starts, which is a settle of its own)."""
+    if state in ("warm", "evicted_now"):
         procmem.warm_page_cache(path)
     else:
         evict_from_page_cache(path)
