@@ -19,6 +19,8 @@ import stat
 import uuid
 from typing import BinaryIO, Callable, Iterator, Optional
 
+from .page_cache import start_writeback
+
 __all__ = [
     "TEMP_INFIX",
     "is_temp_file",
@@ -98,11 +100,10 @@ class EarlyWriteback:
     """A file object whose written bytes start going to the device every 16 MiB, so that
     the fsync at the end waits for the last few megabytes instead of the whole file.
 
-    ``posix_fadvise(POSIX_FADV_DONTNEED)`` on a written range makes Linux start the
-    writeback of its dirty pages without waiting for it (and drop the pages already clean);
-    measured on a 334 MB write here: write plus fsync 0.17 s against 0.24-0.30 s. Where the
-    call does not exist, or the file has no descriptor, writes pass through unchanged.
-    Everything but ``write`` is the wrapped file's.
+    The written range is handed to :func:`~.page_cache.start_writeback`; measured on a
+    334 MB write here: write plus fsync 0.17 s against 0.24-0.30 s. Where the file has no
+    descriptor, writes pass through unchanged. Everything but ``write`` is the wrapped
+    file's.
     """
 
     def __init__(self, f: BinaryIO, step: int = WRITEBACK_STEP):
@@ -111,7 +112,7 @@ class EarlyWriteback:
         self._started = 0
         self._since = 0
         try:
-            self._fd: Optional[int] = f.fileno() if hasattr(os, "posix_fadvise") else None
+            self._fd: Optional[int] = f.fileno()
         except (AttributeError, OSError, ValueError):  # a test's file object, a pipe
             self._fd = None
 
@@ -124,16 +125,12 @@ class EarlyWriteback:
             self._since = 0
             self._f.flush()  # the buffered tail too, so the range is all in the page cache
             end = self._f.tell()
-            with contextlib.suppress(OSError):  # only a hint: the fsync makes it durable
-                os.posix_fadvise(self._fd, self._started, end - self._started, _DONTNEED)
+            start_writeback(self._fd, self._started, end - self._started)
             self._started = end
         return n
 
     def __getattr__(self, name: str):
         return getattr(self._f, name)
-
-
-_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 
 
 @contextlib.contextmanager

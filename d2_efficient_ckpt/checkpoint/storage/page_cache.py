@@ -1,4 +1,5 @@
-"""The kernel's paging of checkpoint files: ``madvise``, page-cache residency and eviction.
+"""The kernel's paging of checkpoint files: ``madvise``, page-cache residency, eviction and
+early writeback.
 
 The one home of the libc calls the package, its tests and its benchmarks make. Everything
 here is advice or measurement: off Linux, or where libc lacks a call, the functions return
@@ -18,6 +19,7 @@ __all__ = [
     "evict_from_page_cache",
     "madvise",
     "page_cache_residency",
+    "start_writeback",
 ]
 
 MADV_RANDOM = 1  # no read-around: only the pages touched (or announced) are read
@@ -116,4 +118,24 @@ def evict_from_page_cache(path: str) -> bool:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+    return True
+
+
+def start_writeback(fd: int, offset: int, length: int) -> bool:
+    """Start writing the dirty pages of ``[offset, offset + length)`` of an open file to the
+    device, without waiting, and drop the pages of the range already clean.
+
+    ``POSIX_FADV_DONTNEED`` does both on Linux. Only advice: the caller's fsync still makes
+    the bytes durable.
+
+    Returns:
+        Whether the advice could be given (``False`` without ``posix_fadvise``, or where the
+        file refuses it).
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        return False
     return True
